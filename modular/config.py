@@ -75,7 +75,7 @@ class Config:
             return self.peak_epoch
         return max(1, round(self.epochs * 5 / 24))
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Raise ConfigError naming the first value that is out of range."""
         checks = [
             (self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs})"),
@@ -103,14 +103,14 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Config":
+    def from_dict(cls, values: dict[str, Any]) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
-    def differences(self, other: "Config") -> list[str]:
+    def differences(self, other: Config) -> list[str]:
         """Fields (outside RUNTIME_FIELDS) whose values differ, as 'name: mine != other'."""
         mine, theirs = self.to_dict(), other.to_dict()
         return [f"{k}: {theirs[k]!r} != {mine[k]!r}" for k in mine

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from modular.config import CIFAR10_CLASSES, Config
+from modular.config import CIFAR10_CLASSES, Config, ConfigError
+from modular.transforms import reseed
 
 ACCEPTED_LAYOUTS = (
     "a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz, "
@@ -45,10 +46,10 @@ class CifarData:
     classes: tuple[str, ...]
     source: str
 
-    def subset(self, n: int, seed: int) -> "CifarData":
+    def subset(self, n: int, seed: int) -> CifarData:
         """A class-balanced sample of ``n`` training images, fixed by ``seed`` (test set unchanged)."""
         if n > len(self.train_labels):
-            raise DataError(f"subset of {n} images asked for, but the training set has only "
+            raise ConfigError(f"subset of {n} images asked for, but the training set has only "
                             f"{len(self.train_labels)}: use a smaller --subset")
         rng = np.random.default_rng(seed)
         per_class = np.full(len(self.classes), n // len(self.classes))
@@ -57,7 +58,7 @@ class CifarData:
         for label, count in enumerate(per_class):
             members = np.flatnonzero(self.train_labels == label)
             if count > len(members):
-                raise DataError(f"subset of {n} needs {count} images of class {self.classes[label]!r}, "
+                raise ConfigError(f"subset of {n} needs {count} images of class {self.classes[label]!r}, "
                                 f"which has {len(members)}: use a smaller --subset")
             chosen.append(rng.choice(members, size=count, replace=False))
         index = np.sort(np.concatenate(chosen))
@@ -140,7 +141,8 @@ def _assemble(files: dict[str, dict[str, list[tuple[str, bytes]]]], where: str) 
         extra = sorted(found - set(CIFAR10_CLASSES))
         if missing or extra:
             parts = ([f"missing classes {missing}"] if missing else []) + ([f"unexpected folders {extra}"] if extra else [])
-            raise DataError(f"{where}/{split}: {'; '.join(parts)}; expected one folder per CIFAR-10 class {list(CIFAR10_CLASSES)}")
+            raise DataError(f"{where}/{split}: {'; '.join(parts)}; "
+                            f"expected one folder per CIFAR-10 class {list(CIFAR10_CLASSES)}")
         images, labels = [], []
         for label, name in enumerate(CIFAR10_CLASSES):
             members = sorted(files[split][name])
@@ -270,10 +272,10 @@ class CifarDataset(Dataset):
         return self._sample(key)
 
     def __getitems__(self, keys: list[int]):
-        if hasattr(self.transform, "set_random_seed"):
+        if hasattr(self.transform, "set_random_state"):
             epoch = keys[0] // len(self.labels)
             state = np.random.SeedSequence([self.seed, epoch, keys[0] % len(self.labels)])
-            self.transform.set_random_seed(int(state.generate_state(1)[0]))
+            reseed(self.transform, int(state.generate_state(1)[0]))
         return [self._sample(k) for k in keys]
 
 

@@ -10,19 +10,21 @@ filled with the raw means after Normalize: mean + 0.49 std, a light grey).
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI version check at import (offline)
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 
 def train_transforms(mean: Sequence[float], std: Sequence[float], cutout_p: float = 1.0,
                      cutout_size: int = 8, seed: int | None = None) -> A.Compose:
     """The training pipeline; ``mean``/``std`` are per-channel fractions of 255."""
-    return A.Compose([
+    pipeline = A.Compose([
         A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
         # reflect padding, as in the original pipeline and Page's recipe (2.x's default is constant)
         A.PadIfNeeded(min_height=40, min_width=40, border_mode=cv2.BORDER_REFLECT_101),
@@ -31,7 +33,20 @@ def train_transforms(mean: Sequence[float], std: Sequence[float], cutout_p: floa
         A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout_size, cutout_size),
                         hole_width_range=(cutout_size, cutout_size), fill=0, p=cutout_p),
         ToTensorV2(),
-    ], strict=True, seed=seed)
+    ], strict=True)
+    if seed is not None:
+        reseed(pipeline, seed)
+    return pipeline
+
+
+def reseed(transform: A.Compose, seed: int) -> None:
+    """Seed every step of ``transform`` from ONE shared generator pair.
+
+    ``Compose.set_random_seed`` gives each step its own generator with the same seed, so the
+    flip's first draw equals the crop's: the first image was flipped exactly when its crop
+    started near the top. A shared stream keeps the steps independent.
+    """
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 def test_transforms(mean: Sequence[float], std: Sequence[float]) -> A.Compose:
@@ -44,8 +59,6 @@ def test_transforms(mean: Sequence[float], std: Sequence[float]) -> A.Compose:
 
 def denormalize(images, mean: Sequence[float], std: Sequence[float]):
     """Undo Normalize on N x 3 x H x W (or 3 x H x W) tensors or arrays -> values in [0, 1], channels last."""
-    import numpy as np
-
     array = images.detach().cpu().float().numpy() if hasattr(images, "detach") else np.asarray(images, float)
     array = np.moveaxis(array, -3, -1)
     return np.clip(array * np.asarray(std) + np.asarray(mean), 0.0, 1.0)

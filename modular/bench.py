@@ -1,0 +1,164 @@
+"""Side-by-side throughput benchmark, with the trainer's own step.
+
+Measures, in one process and interleaved (so that load from elsewhere hits both alike):
+the default training path of this device against a plain fp32 NCHW baseline (what the
+original did), evaluation, the data pipeline, the achieved GFLOP/s, and the estimated time of
+a full 24-epoch run. Medians over repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from modular.config import Config
+from modular.data import make_loaders, synthetic_cifar10
+from modular.device import Runtime, hardware_name, select_runtime, versions
+from modular.train import build_criterion, build_optimizer, train_step
+from modular.transforms import test_transforms, train_transforms
+
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
+
+
+def training_flops_per_image(model: torch.nn.Module) -> float:
+    """FLOPs of one forward + backward per image, counted by torch.utils.flop_counter (fp32, CPU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.cpu().train()
+    images = torch.randn(4, 3, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        model(images).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(images)
+
+
+class StepTimer:
+    """Times ``steps`` training steps of one configuration on a fixed synthetic batch."""
+
+    def __init__(self, runtime: Runtime, cfg: Config, batch_size: int, compile_model: bool = False):
+        from modular.pipeline import new_model
+
+        self.runtime = runtime
+        self.model = runtime.prepare_model(new_model(cfg))
+        self.step_model = torch.compile(self.model) if compile_model else self.model
+        self.optimizer = build_optimizer(self.model, cfg, 0.01)
+        self.criterion = build_criterion(cfg)
+        self.scaler = runtime.grad_scaler()
+        generator = torch.Generator().manual_seed(0)
+        self.images = runtime.to_device(torch.randn(batch_size, 3, 32, 32, generator=generator))
+        self.targets = torch.randint(0, 10, (batch_size,), generator=generator).to(runtime.device)
+
+    def _sync(self) -> None:
+        if self.runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_images_per_s(self, steps: int) -> float:
+        self._sync()
+        began = time.perf_counter()
+        for _ in range(steps):
+            train_step(self.step_model, self.images, self.targets, self.optimizer, self.criterion, self.scaler,
+                       self.runtime)
+        self._sync()
+        return steps * len(self.targets) / (time.perf_counter() - began)
+
+    @torch.no_grad()
+    def eval_images_per_s(self, steps: int) -> float:
+        self.model.eval()
+        self._sync()
+        began = time.perf_counter()
+        for _ in range(steps):
+            with self.runtime.autocast():
+                self.step_model(self.images)
+        self._sync()
+        self.model.train()
+        return steps * len(self.targets) / (time.perf_counter() - began)
+
+
+def data_images_per_s(cfg: Config, device: torch.device, n_images: int = 8192) -> float:
+    """The training DataLoader (albumentations + the trainer's workers) over synthetic images."""
+    data = synthetic_cifar10(n_train=n_images, n_test=10, seed=0)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    loader, _ = make_loaders(data, train_transforms(mean, std, seed=0), test_transforms(mean, std), cfg, device)
+    next(iter(loader))  # start workers, if any, outside the timing
+    began = time.perf_counter()
+    count = sum(len(labels) for _, labels in loader)
+    return count / (time.perf_counter() - began)
+
+
+def run_benchmark(output_dir: Path, batch_size: int = 512, device: str = "auto", repeats: int = 5,
+                  steps: int = 3, include_compile: bool = False, log=print) -> dict:
+    """Measure, print a table, and write ``output_dir/bench-<device>.json``; returns the record."""
+    cfg = Config(batch_size=batch_size, device=device)
+    fast = select_runtime(device, "auto")
+    baseline = Runtime(fast.device, None, channels_last=False)
+    log(f"benchmark on {hardware_name(fast.device)}: default path {fast.describe()} against {baseline.describe()}, "
+        f"batch {batch_size}, {repeats} repeats of {steps} steps")
+    timers = {"default": StepTimer(fast, cfg, batch_size), "baseline": StepTimer(baseline, cfg, batch_size)}
+    if include_compile:
+        timers["compiled"] = StepTimer(fast, cfg, batch_size, compile_model=True)
+    for timer in timers.values():  # warm-up: allocator, oneDNN/cuDNN kernel choice, compilation
+        timer.train_images_per_s(1)
+        timer.eval_images_per_s(1)
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    for repeat in range(repeats):
+        for name, timer in timers.items():  # interleaved: a slow moment hits every path alike
+            samples[name].append(timer.train_images_per_s(steps))
+        log(f"  repeat {repeat + 1}/{repeats}: " + ", ".join(f"{n} {v[-1]:.0f} img/s" for n, v in samples.items()))
+    train = {name: statistics.median(values) for name, values in samples.items()}
+    evaluation = statistics.median(timers["default"].eval_images_per_s(2) for _ in range(repeats))
+    data = data_images_per_s(cfg, fast.device)
+    flops = training_flops_per_image(timers["baseline"].model)
+    epoch_seconds = CIFAR_TRAIN / train["default"] + CIFAR_TEST / evaluation
+    range_test_seconds = Config.lr_find_iters * batch_size / train["default"]
+    record = {
+        "device": fast.device.type,
+        "hardware": hardware_name(fast.device),
+        "path": fast.describe(),
+        "baseline_path": baseline.describe(),
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "steps_per_repeat": steps,
+        "train_images_per_s": train["default"],
+        "baseline_train_images_per_s": train["baseline"],
+        "speedup": train["default"] / train["baseline"],
+        "train_samples": samples,
+        "eval_images_per_s": evaluation,
+        "data_images_per_s": data,
+        "data_to_train_ratio": data / train["default"],
+        "train_gflop_per_image": flops / 1e9,
+        "gflops_per_s": flops * train["default"] / 1e9,
+        "est_epoch_seconds": epoch_seconds,
+        "est_full_run_hours": (Config.epochs * epoch_seconds + range_test_seconds) / 3600,
+        "versions": versions(),
+    }
+    if "compiled" in train:
+        record["compiled_train_images_per_s"] = train["compiled"]
+        record["compile_speedup"] = train["compiled"] / train["default"]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"bench-{fast.device.type}.json"
+    path.write_text(json.dumps(record, indent=1))
+    log(format_bench(record))
+    log(f"record: {path}")
+    return record
+
+
+def format_bench(r: dict) -> str:
+    rows = [
+        ("training step, " + r["path"], f"{r['train_images_per_s']:.0f} img/s"),
+        ("training step, " + r["baseline_path"] + " (baseline)", f"{r['baseline_train_images_per_s']:.0f} img/s"),
+        ("speedup", f"{r['speedup']:.2f}x"),
+        ("evaluation", f"{r['eval_images_per_s']:.0f} img/s"),
+        ("data pipeline (albumentations + DataLoader)", f"{r['data_images_per_s']:.0f} img/s "
+                                                         f"({r['data_to_train_ratio']:.0f}x the step)"),
+        ("achieved, training step", f"{r['gflops_per_s']:.0f} GFLOP/s ({r['train_gflop_per_image']:.2f} GFLOP/image)"),
+        ("estimated 24-epoch run with evaluation", f"{r['est_full_run_hours']:.2f} h"),
+    ]
+    if "compiled_train_images_per_s" in r:
+        rows.insert(3, ("training step, torch.compile", f"{r['compiled_train_images_per_s']:.0f} img/s "
+                                                         f"({r['compile_speedup']:.2f}x default)"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

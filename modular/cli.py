@@ -1,0 +1,201 @@
+"""Command line: ``python -m modular {train,lr-find,evaluate,stats,bench,report}``.
+
+Flags follow torchvision's reference scripts. Known failures end in one line on stderr:
+exit 2 for bad arguments or configuration, 1 for data, checkpoint or training problems,
+130 for Ctrl-C (after saying how to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from modular.config import DEVICES, OPTIMIZERS, PRECISIONS, Config, ConfigError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
+    return value
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="local CIFAR-10: a folder with cifar-10-batches-py/ or cifar-10-python.tar.gz, "
+                   "an image tree train/<class>/*, test/<class>/*, or a .tar.gz of one (default: download "
+                   "with torchvision into ./data)")
+    p.add_argument("--subset", type=_positive_int, help="train on a class-balanced sample of N images (quick runs)")
+    p.add_argument("--seed", type=int, default=Config.seed)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=_positive_int, default=Config.batch_size)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=Config.optimizer)
+    p.add_argument("--device", choices=DEVICES, default=Config.device)
+    p.add_argument("--precision", choices=PRECISIONS, default=Config.precision,
+                   help="auto: bf16/fp16 autocast where the hardware supports it; fp32: force fp32")
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: 0 on CPU, 4 on GPU)")
+    p.add_argument("--output-dir", default=Config.output_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m modular", description="Custom ResNet on CIFAR-10 in 24 epochs")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="LR range test, OneCycle training, evaluation, plots, run record")
+    _add_data_flags(train)
+    _add_run_flags(train)
+    train.add_argument("--epochs", type=int, default=Config.epochs)
+    train.add_argument("--peak-epoch", type=int, help="epoch whose last step has the peak LR (default: 5/24 of the run)")
+    train.add_argument("--max-lr", type=float, help="OneCycle's peak LR; skips the LR range test")
+    train.add_argument("--lr-find-end", type=_positive_float, default=Config.lr_find_end)
+    train.add_argument("--lr-find-iters", type=int, default=Config.lr_find_iters)
+    train.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
+
+    find = commands.add_parser("lr-find", help="the LR range test alone: plot and LRMAX/LRMIN")
+    _add_data_flags(find)
+    _add_run_flags(find)
+    find.add_argument("--lr-find-end", type=_positive_float, default=Config.lr_find_end)
+    find.add_argument("--lr-find-iters", type=int, default=Config.lr_find_iters)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on the test set")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--data-dir", help="default: the data the checkpoint was trained on")
+    evaluate.add_argument("--device", choices=DEVICES, default=Config.device)
+
+    stats = commands.add_parser("stats", help="image counts, class counts, channel mean and std")
+    stats.add_argument("--data-dir")
+
+    bench = commands.add_parser("bench", help="side-by-side throughput benchmark")
+    bench.add_argument("--output-dir", default="results")
+    bench.add_argument("--batch-size", type=_positive_int, default=Config.batch_size)
+    bench.add_argument("--device", choices=DEVICES, default=Config.device)
+    bench.add_argument("--repeats", type=_positive_int, default=5)
+    bench.add_argument("--compile", action="store_true", help="also measure torch.compile")
+
+    report = commands.add_parser("report", help="write the README's Results table from a run record")
+    report.add_argument("record", help="a run.json, e.g. results/headline.json")
+    report.add_argument("--readme", default="README.md")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """A validated Config from the flags that exist on this subcommand."""
+    fields = {name: getattr(args, name) for name in Config.__dataclass_fields__ if getattr(args, name, None) is not None}
+    return Config(**fields).validate()
+
+
+def _resume_hint() -> str:
+    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    return "python -m modular " + " ".join(shlex.quote(a) for a in argv) + " --resume"
+
+
+def cmd_train(args, cfg: Config) -> int:
+    from modular.pipeline import run
+
+    try:
+        run(cfg, resume=args.resume)
+    except KeyboardInterrupt:
+        from modular.pipeline import checkpoint_path
+
+        path = checkpoint_path(cfg)
+        saved = f"the last finished epoch is saved in {path}" if path.exists() else "no epoch had finished"
+        print(f"\ninterrupted: {saved}; resume with: {_resume_hint()}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_lr_find(args, cfg: Config) -> int:
+    from modular import plots
+    from modular.pipeline import lr_range_test, new_model, prepare_output_dir, setup
+
+    out = prepare_output_dir(cfg.output_dir)
+    s = setup(cfg)
+    found = lr_range_test(s, new_model(cfg))
+    (out / "lr_find.json").write_text(json.dumps(found.to_dict(), indent=1))
+    plot = plots.save_figure(plots.plot_lr_finder(found.lrs, found.losses, found.lr_max, found.lr_min, found.rule),
+                             out / "lr_range_test.png")
+    print(f"LRMAX {found.lr_max:.4g}  LRMIN {found.lr_min:.4g}  ({found.rule}); library's steepest-descent "
+          f"suggestion {found.steepest_lr:.3g}; plot: {plot}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from modular.checkpoint import load_checkpoint, load_model_state
+    from modular.pipeline import new_model, setup
+
+    state = load_checkpoint(args.checkpoint)
+    cfg = Config.from_dict(state["config"]).replace(device=args.device)
+    if args.data_dir:
+        cfg = cfg.replace(data_dir=args.data_dir)
+    s = setup(cfg, mean=state["mean"], std=state["std"])
+    model = new_model(cfg)
+    load_model_state(model, state, args.checkpoint)
+    from modular.evaluate import full_evaluation
+    from modular.train import build_criterion
+
+    result = full_evaluation(s.runtime.prepare_model(model), s.test_loader, s.runtime, s.data.classes,
+                             build_criterion(cfg))
+    print(f"checkpoint {args.checkpoint}: epoch {state['epoch']} of {cfg.epochs}")
+    print(f"test accuracy {result['test_acc']:.2f}%  loss {result['test_loss']:.4f}  flip TTA {result['tta_test_acc']:.2f}%")
+    for name, acc in result["per_class_acc"].items():
+        print(f"  {name:<12}{acc:6.2f}%")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from modular.data import format_stats, load_cifar10
+
+    print(format_stats(load_cifar10(args.data_dir)))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from modular.bench import run_benchmark
+
+    run_benchmark(Path(args.output_dir), batch_size=args.batch_size, device=args.device, repeats=args.repeats,
+                  include_compile=args.compile)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from modular.report import update_readme
+
+    update_readme(Path(args.record), Path(args.readme))
+    print(f"updated the Results table in {args.readme} from {args.record}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from modular.checkpoint import CheckpointError
+    from modular.data import DataError
+    from modular.lr_finder import LRFinderError
+    from modular.pipeline import OutputDirError
+    from modular.train import DivergenceError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command in ("train", "lr-find"):
+            cfg = config_from_args(args)
+            return cmd_train(args, cfg) if args.command == "train" else cmd_lr_find(args, cfg)
+        return {"evaluate": cmd_evaluate, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report}[args.command](args)
+    except ConfigError as error:
+        parser.error(str(error))  # exit 2, like any other bad argument
+    except (DataError, CheckpointError, OutputDirError, LRFinderError, DivergenceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as error:
+        print(f"error: {error.filename}: file not found", file=sys.stderr)
+        return 1

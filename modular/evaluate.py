@@ -1,0 +1,83 @@
+"""Accuracy, loss, per-class accuracy, the confusion matrix, misclassified images and flip TTA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Predictions:
+    logits: np.ndarray      # N x classes, float32
+    labels: np.ndarray      # N, int64
+    loss: float             # the criterion averaged per sample
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.logits.argmax(1)
+
+    @property
+    def accuracy(self) -> float:
+        """Percent of correct predictions."""
+        return 100.0 * float((self.predicted == self.labels).mean())
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, runtime, criterion: torch.nn.Module | None = None,
+            flip_tta: bool = False) -> Predictions:
+    """Logits for every sample of ``loader`` in order. ``flip_tta`` averages the softmax of each
+    image and its mirror (returned as log-probabilities). ``loss`` uses ``criterion`` (default
+    cross-entropy) summed over samples, divided by N."""
+    criterion = criterion or torch.nn.CrossEntropyLoss()
+    was_training = model.training
+    model.eval()
+    outputs, labels, loss_sum = [], [], 0.0
+    try:
+        for images, targets in loader:
+            images, targets = runtime.to_device(images), targets.to(runtime.device, non_blocking=True)
+            with runtime.autocast():
+                logits = model(images).float()
+                if flip_tta:
+                    mirrored = model(torch.flip(images, dims=[3])).float()
+                    logits = torch.log((F.softmax(logits, 1) + F.softmax(mirrored, 1)) / 2)
+            loss_sum += float(criterion(logits, targets)) * len(targets)  # batch mean x size = batch sum
+            outputs.append(logits.cpu())
+            labels.append(targets.cpu())
+    finally:
+        model.train(was_training)
+    n = sum(len(t) for t in labels)
+    return Predictions(torch.cat(outputs).numpy(), torch.cat(labels).numpy(), loss_sum / max(n, 1))
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows: true class; columns: predicted class."""
+    return np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(matrix: np.ndarray, classes) -> dict[str, float]:
+    totals = matrix.sum(1)
+    return {name: 100.0 * float(matrix[i, i]) / max(int(totals[i]), 1) for i, name in enumerate(classes)}
+
+
+def misclassified(labels: np.ndarray, predicted: np.ndarray) -> list[dict[str, int]]:
+    """Every wrong test prediction: its index in the test set, predicted and true class."""
+    wrong = np.flatnonzero(predicted != labels)
+    return [{"index": int(i), "predicted": int(predicted[i]), "actual": int(labels[i])} for i in wrong]
+
+
+def full_evaluation(model, loader, runtime, classes, criterion=None) -> dict:
+    """Everything the run record holds about the test set, accuracies in percent."""
+    plain = predict(model, loader, runtime, criterion)
+    tta = predict(model, loader, runtime, criterion, flip_tta=True)
+    matrix = confusion_matrix(plain.labels, plain.predicted, len(classes))
+    return {
+        "test_acc": plain.accuracy,
+        "test_loss": plain.loss,
+        "tta_test_acc": tta.accuracy,
+        "per_class_acc": per_class_accuracy(matrix, classes),
+        "confusion_matrix": matrix.tolist(),
+        "misclassified": misclassified(plain.labels, plain.predicted),
+    }

@@ -1,0 +1,272 @@
+"""Every figure of the project: functions that take plain data and return a matplotlib ``Figure``.
+
+Nothing here calls ``plt.show`` or keeps state: figures are ``matplotlib.figure.Figure`` objects made
+outside pyplot, so they work headless (Agg), never pile up in pyplot, and, returned from a notebook
+cell, are displayed exactly once. ``save_figure`` writes one to a PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+WIDTH = 8.0  # inches; at dpi 110 about 880 px, readable at README width
+
+
+class _Figure(Figure):
+    """A Figure that renders as PNG when returned from a notebook cell, with or without ``%matplotlib inline``.
+
+    A figure made outside pyplot is only shown by the inline backend once ``%matplotlib inline`` has
+    registered its formatter (importing pyplot is not enough); that formatter, when present, takes
+    precedence over this method, so the figure appears once either way.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", bbox_inches="tight")
+        return buffer.getvalue()
+
+
+def _figure(height: float, width: float = WIDTH) -> Figure:
+    """A new figure outside pyplot (no global state, no auto-display)."""
+    return _Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (parent folders created), close it and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", format="png")
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:  # a figure the caller made with pyplot: release it (no-op for ours)
+        pyplot.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- image galleries
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """Tensor or array-like -> numpy array (no torch import needed)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _displayable(images: Any, mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:
+    """Raw uint8 N x H x W x 3 or normalized N x 3 x H x W -> N x H x W x 3 ready for imshow."""
+    if mean is not None and std is not None:
+        from modular.transforms import denormalize  # lazy: keeps albumentations/cv2 out of a plain import
+
+        return np.asarray(denormalize(images, mean, std))
+    array = _to_numpy(images)
+    if array.ndim == 3:  # a single image
+        array = array[None]
+    if array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = np.moveaxis(array, 1, -1)  # channels first -> channels last
+    if array.dtype == np.uint8:
+        return array
+    array = array.astype(float)
+    return array / 255.0 if array.max(initial=0.0) > 1.0 else np.clip(array, 0.0, 1.0)
+
+
+def _class_name(label: Any, classes: Sequence[str]) -> str:
+    """A class index (int, numpy or tensor scalar) or an already-named label -> its name."""
+    if isinstance(label, str):
+        return label
+    return classes[int(label)]
+
+
+def _gallery(images: np.ndarray, titles: list[str], cols: int, cell: float, title: str) -> Figure:
+    """Images in a grid of ``cols`` columns, one title each, axes hidden."""
+    n = len(titles)
+    cols = max(1, min(cols, n))
+    rows = max(1, math.ceil(n / cols))
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    fig = _figure(height=rows * (cell + 0.2 * lines) + 0.4, width=cols * cell)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(images[i], interpolation="nearest")
+            ax.set_title(titles[i], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def plot_samples(images: Any, labels: Sequence[Any], classes: Sequence[str], title: str,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, n: int = 16) -> Figure:
+    """The first ``n`` images in rows of 8 with their class names.
+
+    ``images``: raw uint8 N x H x W x 3, or normalized N x 3 x H x W (tensor or array) with ``mean``/``std``.
+    """
+    n = min(n, len(labels), len(images))
+    shown = _displayable(images[:n], mean, std)
+    titles = [_class_name(label, classes) for label in list(labels)[:n]]
+    return _gallery(shown, titles, cols=8, cell=1.0, title=title)
+
+
+def plot_misclassified(images: Any, predicted: Sequence[Any], actual: Sequence[Any], classes: Sequence[str],
+                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                       n: int = 20) -> Figure:
+    """Up to ``n`` misclassified images, titled "pred: <predicted>\\ntrue: <actual>", in rows of 5."""
+    n = min(n, len(predicted), len(actual), len(images))
+    shown = _displayable(images[:n], mean, std)
+    titles = [f"pred: {_class_name(p, classes)}\ntrue: {_class_name(a, classes)}"
+              for p, a in zip(list(predicted)[:n], list(actual)[:n])]
+    return _gallery(shown, titles, cols=5, cell=1.6, title=f"Misclassified test images ({n} shown)")
+
+
+# --------------------------------------------------------------------------- training curves
+
+def plot_history(history: Sequence[Mapping[str, float]]) -> Figure:
+    """Loss and accuracy per epoch, train and test, side by side; the best test accuracy marked.
+
+    Rows as ``train.fit`` records them: epoch (from 1), train_loss, train_acc, test_loss, test_acc;
+    accuracies in percent.
+    """
+    epochs = np.array([row["epoch"] for row in history])
+    fig = _figure(height=3.6)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+
+    loss_ax.plot(epochs, [row["train_loss"] for row in history], "o-", ms=3, label="train")
+    loss_ax.plot(epochs, [row["test_loss"] for row in history], "o-", ms=3, label="test")
+    loss_ax.set(title="Loss", xlabel="epoch", ylabel="loss")
+
+    train_acc = np.array([row["train_acc"] for row in history], float)
+    test_acc = np.array([row["test_acc"] for row in history], float)
+    acc_ax.plot(epochs, train_acc, "o-", ms=3, label="train")
+    acc_ax.plot(epochs, test_acc, "o-", ms=3, label="test")
+    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    if len(test_acc):
+        best = int(np.nanargmax(test_acc))
+        acc_ax.plot(epochs[best], test_acc[best], "*", color="crimson", ms=14, zorder=5,
+                    label=f"best test {test_acc[best]:.2f}% (epoch {epochs[best]})")
+
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        if len(epochs) <= 30:
+            ax.set_xticks(epochs[:: max(1, math.ceil(len(epochs) / 12))])
+    return fig
+
+
+def _vline(ax: Axes, x: float, label: str, color: str, y_frac: float) -> None:
+    """A dashed vertical line at ``x`` with ``label`` written beside it at ``y_frac`` of the axis height."""
+    ax.axvline(x, color=color, ls="--", lw=1.2)
+    ax.annotate(label, xy=(x, y_frac), xycoords=("data", "axes fraction"), xytext=(4, 0),
+                textcoords="offset points", color=color, fontsize=9, va="center",
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
+
+
+def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], lr_max: float, lr_min: float | None = None,
+                   rule: str = "") -> Figure:
+    """The LR range test: (smoothed) loss against LR on a log axis, LRMAX and LRMIN marked, ``rule`` as caption.
+
+    ``losses`` are plotted as given (torch-lr-finder's history is already exponentially smoothed).
+    """
+    lr = np.asarray(lrs, dtype=float)
+    loss = np.asarray(losses, dtype=float)
+    fig = _figure(height=4.2)
+    ax = fig.subplots()
+    ax.plot(lr, loss, color="tab:blue", lw=1.5, label="smoothed loss")
+    ax.set_xscale("log")
+    ax.set(title="LR range test", xlabel="learning rate (log scale)", ylabel="loss")
+    finite = loss[np.isfinite(loss)]
+    if finite.size:  # the run ends by diverging: keep the interesting part in view
+        low, high = finite.min(), min(finite.max(), 2.0 * finite[0] - finite.min())
+        if high > low:
+            pad = 0.05 * (high - low)
+            ax.set_ylim(low - pad, high + pad)
+    _vline(ax, lr_max, f"LRMAX = {lr_max:.1e}", "crimson", 0.9)
+    if lr_min is not None:
+        _vline(ax, lr_min, f"LRMIN = {lr_min:.1e}", "darkgreen", 0.8)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower left", fontsize=8)
+    if rule:
+        fig.text(0.5, 0, textwrap.fill(rule, 110), ha="center", va="top", fontsize=8.5, style="italic")
+    return fig
+
+
+def plot_lr_schedule(lr_per_step: Sequence[float], steps_per_epoch: int, peak_epoch: int | None = None) -> Figure:
+    """The LR of every step against epochs; the peak marked and annotated.
+
+    Step ``i`` is drawn at ``(i + 1) / steps_per_epoch``: the LR used by the last step of epoch ``e``
+    sits at ``x = e`` (OneCycle's peak is the last step of the peak epoch).
+    """
+    lr = np.asarray(lr_per_step, dtype=float)
+    x = (np.arange(lr.size) + 1) / steps_per_epoch
+    fig = _figure(height=3.6)
+    ax = fig.subplots()
+    ax.plot(x, lr, color="tab:blue", lw=1.5)
+    ax.set(title="Learning-rate schedule (per step)", xlabel="epoch", ylabel="learning rate")
+    ax.set_xlim(0, max(x[-1] if lr.size else 1.0, 1.0))
+    ax.set_ylim(bottom=0)
+    if lr.size:
+        peak = int(np.argmax(lr))
+        epoch = peak_epoch if peak_epoch is not None else x[peak]
+        ax.plot(x[peak], lr[peak], "o", color="crimson", ms=7, zorder=5)
+        ax.axvline(x[peak], color="crimson", ls=":", lw=1)
+        label = f"peak LR {lr[peak]:.3g}\nat epoch {epoch:g}" + (f" (step {peak + 1})" if peak_epoch is None else "")
+        right = x[peak] < 0.6 * x[-1]
+        ax.annotate(label, xy=(x[peak], lr[peak]), xytext=(16 if right else -16, 6), textcoords="offset points",
+                    ha="left" if right else "right", va="bottom", fontsize=9, color="crimson",
+                    bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "crimson", "lw": 0.8},
+                    arrowprops={"arrowstyle": "->", "color": "crimson"})
+        ax.set_ylim(0, lr[peak] * 1.3)  # room for the annotation above the peak
+    ax.grid(alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def plot_confusion_matrix(matrix: Any, classes: Sequence[str]) -> Figure:
+    """Counts with true class in rows and predicted class in columns, written in the cells."""
+    counts = _to_numpy(matrix)
+    k = len(classes)
+    fig = _figure(height=7.0)
+    ax = fig.subplots()
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="images")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(k), classes)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
+    threshold = counts.max(initial=0) / 2
+    integral = np.allclose(counts, np.round(counts))
+    for (i, j), value in np.ndenumerate(counts):
+        text = f"{round(float(value)):d}" if integral else f"{value:.2f}"
+        ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                color="white" if value > threshold else "black")
+    return fig
+
+
+def plot_per_class_accuracy(per_class_acc: Mapping[str, float] | Sequence[float], classes: Sequence[str]) -> Figure:
+    """Horizontal bars of accuracy per class (in percent), the value written at each bar's end.
+
+    A mapping is read in the order of ``classes``; a list is aligned with ``classes``.
+    """
+    if isinstance(per_class_acc, Mapping):
+        values = [per_class_acc[name] for name in classes]
+    else:
+        values = list(per_class_acc)
+    acc = np.asarray(values, dtype=float)
+    fig = _figure(height=0.38 * len(classes) + 1.2)
+    ax = fig.subplots()
+    positions = np.arange(len(classes))
+    bars = ax.barh(positions, acc, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{v:.1f}%" for v in acc], padding=3, fontsize=9)
+    ax.set_yticks(positions, classes)
+    ax.invert_yaxis()  # first class on top
+    ax.set_xlim(0, 112)
+    ax.set(xlabel="accuracy (%)", title="Test accuracy per class")
+    ax.grid(axis="x", alpha=0.3)
+    return fig

@@ -1,0 +1,173 @@
+"""The training loop: one epoch, and ``fit`` over all epochs with a checkpoint after each.
+
+Nothing lives at module level: ``fit`` returns the history and the LR of every step.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from modular.checkpoint import load_model_state, save_checkpoint
+from modular.config import Config
+from modular.device import Runtime
+from modular.evaluate import predict
+from modular.schedule import one_cycle
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (Page's recipe, default) or Adam (the original's)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.adam_weight_decay)
+
+
+def build_criterion(cfg: Config) -> torch.nn.Module:
+    """Cross-entropy on logits (the softmax lives here, not in the model)."""
+    return torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+def interactive() -> bool:
+    """A live progress bar only where someone watches: a terminal or a notebook, not a log file."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    lrs: list[float] = field(default_factory=list)
+
+
+def train_step(model, images, targets, optimizer, criterion, scaler, runtime: Runtime):
+    """Forward under the run's autocast, backward, optimizer step; returns (loss, logits), detached.
+
+    A non-finite loss is returned as it is: the caller stops the run and names the step (the
+    weights in memory are spoiled by then; the last checkpoint on disk is not).
+    """
+    with runtime.autocast():
+        logits = model(images)
+        loss = criterion(logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
+def train_epoch(model, loader, optimizer, scheduler, criterion, scaler, runtime: Runtime, epoch: int,
+                is_last_epoch: bool, show_progress: bool) -> EpochStats:
+    """One pass over ``loader``; the scheduler steps after every batch except the run's very last."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    loader.sampler.set_epoch(epoch)
+    steps = len(loader)
+    loss_sum = torch.zeros((), device=runtime.device)
+    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+    seen = 0
+    lrs: list[float] = []
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress, dynamic_ncols=True)
+    for step, (images, targets) in enumerate(bar, start=1):
+        images, targets = runtime.to_device(images), targets.to(runtime.device, non_blocking=True)
+        lr = optimizer.param_groups[0]["lr"]  # the LR this step uses, recorded before stepping
+        loss, logits = train_step(model, images, targets, optimizer, criterion, scaler, runtime)
+        if not math.isfinite(loss_value := float(loss)):
+            raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {step}")
+        if not (is_last_epoch and step == steps):  # one step more would extrapolate below the final LR
+            scheduler.step()
+        lrs.append(lr)
+        loss_sum += loss * len(targets)
+        correct += (logits.argmax(1) == targets).sum()
+        seen += len(targets)
+        if show_progress:
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", acc=f"{100 * int(correct) / seen:.1f}%")
+    return EpochStats(float(loss_sum) / seen, 100.0 * int(correct) / seen, lrs)
+
+
+TABLE_HEADER = f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'test loss':>9}  {'test acc':>8}  {'lr':>9}  {'time':>6}"
+
+
+def format_epoch(row: dict) -> str:
+    return (f"{row['epoch']:>5}  {row['train_loss']:>10.4f}  {row['train_acc']:>8.2f}%  {row['test_loss']:>9.4f}  "
+            f"{row['test_acc']:>7.2f}%  {row['lr']:>9.2e}  {row['seconds']:>5.0f}s")
+
+
+def format_history(history: list[dict]) -> str:
+    """The per-epoch table, as printed during training."""
+    return "\n".join([TABLE_HEADER] + [format_epoch(row) for row in history])
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    lr_per_step: list[float]
+    model: torch.nn.Module
+    resumed_from: int = 0          # epochs already done when fit started
+
+
+def fit(model: torch.nn.Module, train_loader, test_loader, cfg: Config, runtime: Runtime, max_lr: float,
+        checkpoint_path: str | Path, facts: dict | None = None, resume_state: dict | None = None,
+        log: Callable[[str], None] = print, show_progress: bool | None = None) -> FitResult:
+    """Train ``cfg.epochs`` epochs with OneCycle peaking at ``max_lr``; evaluate and checkpoint after each.
+
+    ``facts`` (mean, std, lr_max, lr_min, ...) are stored in every checkpoint. ``resume_state``
+    (a loaded checkpoint) continues where it stopped: epochs already done are not redone.
+    """
+    show_progress = interactive() if show_progress is None else show_progress
+    model = runtime.prepare_model(model)
+    optimizer = build_optimizer(model, cfg, max_lr / cfg.div_factor)
+    scheduler = one_cycle(optimizer, cfg, max_lr, len(train_loader))
+    scaler = runtime.grad_scaler()
+    criterion = build_criterion(cfg)
+    history: list[dict] = []
+    lr_per_step: list[float] = []
+    start = 0
+    if resume_state is not None:
+        load_model_state(model, resume_state, checkpoint_path)
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        history, lr_per_step = list(resume_state["history"]), list(resume_state["lr_per_step"])
+        start = int(resume_state["epoch"])
+    step_model = torch.compile(model) if cfg.compile else model
+
+    log(TABLE_HEADER)
+    for row in history:
+        log(format_epoch(row))
+    with warnings.catch_warnings():
+        # fp16: GradScaler skips the first steps while it calibrates, and torch then warns that
+        # the scheduler stepped before the optimizer; that is expected here.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        for epoch in range(start + 1, cfg.epochs + 1):
+            began = time.perf_counter()
+            stats = train_epoch(step_model, train_loader, optimizer, scheduler, criterion, scaler, runtime,
+                                epoch, epoch == cfg.epochs, show_progress)
+            test = predict(step_model, test_loader, runtime, criterion)
+            row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy,
+                   "test_loss": test.loss, "test_acc": test.accuracy, "lr": stats.lrs[-1],
+                   "seconds": time.perf_counter() - began}
+            history.append(row)
+            lr_per_step.extend(stats.lrs)
+            save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "history": history, "lr_per_step": lr_per_step, "rng": {"torch": torch.get_rng_state()},
+                "config": cfg.to_dict(), **(facts or {}),
+            }, checkpoint_path)
+            log(format_epoch(row))
+    return FitResult(history, lr_per_step, model, resumed_from=start)

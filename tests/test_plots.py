@@ -1,0 +1,131 @@
+"""Every figure builds from small fake data and saves to a non-empty PNG (headless, Agg)."""
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for ``modular``
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from modular import plots
+from modular.config import CIFAR10_CLASSES
+
+CLASSES = list(CIFAR10_CLASSES)
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def _save(fig, tmp_path, name):
+    assert isinstance(fig, Figure)
+    path = plots.save_figure(fig, tmp_path / "figures" / f"{name}.png")
+    assert path.exists() and path.stat().st_size > 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return path
+
+
+def _normalized(rng, n):
+    raw = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    chw = torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255.0
+    return (chw - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+
+
+def test_samples_raw_uint8(rng, tmp_path):
+    images = rng.integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=20)
+    fig = plots.plot_samples(images, labels, CLASSES, "raw training images")
+    assert sum(ax.has_data() for ax in fig.axes) == 16
+    _save(fig, tmp_path, "samples_raw")
+
+
+def test_samples_normalized_tensor(rng, tmp_path):
+    images = _normalized(rng, 16)
+    labels = torch.from_numpy(rng.integers(0, 10, size=16))
+    fig = plots.plot_samples(images, labels, CLASSES, "augmented", mean=MEAN, std=STD, n=8)
+    assert [ax.get_title() for ax in fig.axes if ax.has_data()] == [CLASSES[i] for i in labels[:8].tolist()]
+    _save(fig, tmp_path, "samples_normalized")
+
+
+def test_history(tmp_path):
+    history = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": 50.0 + 7 * e, "test_loss": 2.1 / e,
+                "test_acc": 48.0 + 7 * e - (9.0 if e == 6 else 0.0), "lr": 0.1, "seconds": 10.0} for e in range(1, 7)]
+    _save(plots.plot_history(history), tmp_path, "history")
+
+
+def test_lr_finder(rng, tmp_path):
+    lrs = np.geomspace(1e-4, 10, 100)
+    losses = 2.3 - 0.8 * np.exp(-((np.log10(lrs) + 0.5) ** 2)) + np.where(lrs > 1, (lrs - 1) ** 2, 0)
+    fig = plots.plot_lr_finder(lrs.tolist(), losses.tolist(), lr_max=0.34, lr_min=0.0034,
+                               rule="LRMAX: the LR of the steepest descent of the smoothed loss")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "LRMAX = 3.4e-01" in texts and "LRMIN = 3.4e-03" in texts
+    _save(fig, tmp_path, "lr_finder")
+    _save(plots.plot_lr_finder(lrs.tolist(), losses.tolist(), lr_max=0.34), tmp_path, "lr_finder_no_min")
+
+
+def test_lr_schedule(tmp_path):
+    steps_per_epoch, epochs, peak_epoch = 10, 6, 2
+    up = np.linspace(0.004, 0.4, peak_epoch * steps_per_epoch)
+    down = np.linspace(0.4, 0.0, (epochs - peak_epoch) * steps_per_epoch + 1)[1:]
+    lrs = np.concatenate([up, down]).tolist()
+    _save(plots.plot_lr_schedule(lrs, steps_per_epoch, peak_epoch=peak_epoch), tmp_path, "lr_schedule")
+    _save(plots.plot_lr_schedule(lrs, steps_per_epoch), tmp_path, "lr_schedule_no_peak")
+
+
+def test_misclassified(rng, tmp_path):
+    images = _normalized(rng, 12)
+    predicted = rng.integers(0, 10, size=12)
+    actual = (predicted + 1) % 10
+    fig = plots.plot_misclassified(images, predicted, actual, CLASSES, mean=MEAN, std=STD)
+    _save(fig, tmp_path, "misclassified")
+
+
+def test_misclassified_titles_are_pred_then_true(rng):
+    images = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    fig = plots.plot_misclassified(images, [3, 0, 9], [5, 1, 8], CLASSES)
+    titles = [ax.get_title() for ax in fig.axes if ax.has_data()]
+    assert titles == ["pred: cat\ntrue: dog", "pred: airplane\ntrue: automobile", "pred: truck\ntrue: ship"]
+
+
+def test_confusion_matrix(rng, tmp_path):
+    matrix = rng.integers(0, 30, size=(10, 10)) + np.diag(rng.integers(800, 950, size=10))
+    fig = plots.plot_confusion_matrix(matrix, CLASSES)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "predicted" and ax.get_ylabel() == "true"
+    assert len(ax.texts) == 100
+    _save(fig, tmp_path, "confusion_matrix")
+
+
+@pytest.mark.parametrize("as_dict", [True, False])
+def test_per_class_accuracy(rng, tmp_path, as_dict):
+    values = rng.uniform(80, 99, size=10)
+    acc = dict(zip(CLASSES, values)) if as_dict else values.tolist()
+    _save(plots.plot_per_class_accuracy(acc, CLASSES), tmp_path, f"per_class_{as_dict}")
+
+
+def test_save_figure_closes_pyplot_figures(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    _save(fig, tmp_path, "pyplot_made")
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_figures_stay_out_of_pyplot_and_render_in_notebooks():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    fig = plots.plot_per_class_accuracy([90.0] * 10, CLASSES)
+    assert plt.get_fignums() == before  # nothing for the inline backend to show a second time
+    assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"  # what IPython displays without %matplotlib inline
