@@ -37,6 +37,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -48,7 +50,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, bad pickle, wrong file type...
-        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        reason = str(error).split(". ")[0].splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"cannot read checkpoint {path} ({reason}); delete it to start over") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in REQUIRED):
         raise CheckpointError(f"{path} is not a checkpoint of this project; delete it or choose another --output-dir")
@@ -60,5 +62,6 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | 
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(f"{path} holds weights of another model ({first[:120]})") from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # line 0 is "Error(s) in loading state_dict for ..."
+        raise CheckpointError(f"{path} holds weights of another model ({detail.rstrip('.')})") from None

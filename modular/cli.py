@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write the README's Results table from a run record")
     report.add_argument("record", help="a run.json, e.g. results/headline.json")
     report.add_argument("--readme", default="README.md")
+    for sub in commands.choices.values():  # configuration errors print the subcommand's usage
+        sub.set_defaults(command_parser=sub)
     return parser
 
 
@@ -139,7 +141,7 @@ def cmd_evaluate(args) -> int:
     cfg = Config.from_dict(state["config"]).replace(device=args.device)
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)
-    s = setup(cfg, mean=state["mean"], std=state["std"])
+    s = setup(cfg, mean=state.get("mean"), std=state.get("std"))  # None: computed from the data
     model = new_model(cfg)
     load_model_state(model, state, args.checkpoint)
     from modular.evaluate import full_evaluation
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from modular.data import DataError
     from modular.lr_finder import LRFinderError
     from modular.pipeline import OutputDirError
+    from modular.report import ReportError
     from modular.train import DivergenceError
 
     parser = build_parser()
@@ -192,10 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, cfg) if args.command == "train" else cmd_lr_find(args, cfg)
         return {"evaluate": cmd_evaluate, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report}[args.command](args)
     except ConfigError as error:
-        parser.error(str(error))  # exit 2, like any other bad argument
-    except (DataError, CheckpointError, OutputDirError, LRFinderError, DivergenceError) as error:
+        args.command_parser.error(str(error))  # exit 2, like any other bad argument
+    except (DataError, CheckpointError, OutputDirError, LRFinderError, DivergenceError, ReportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except FileNotFoundError as error:
         print(f"error: {error.filename}: file not found", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # train handles its own (it says how to resume)
+        print("\ninterrupted", file=sys.stderr)
+        return 130

@@ -8,6 +8,7 @@ epoch 5, cutout 8x8 on every image, logits scaled by 0.125, label smoothing 0.2.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +83,7 @@ class Config:
             (self.peak_epoch is None or 1 <= self.peak_epoch <= self.epochs,
              f"peak epoch must lie in 1..{self.epochs} (got {self.peak_epoch})"),
             (self.batch_size >= 1, f"batch size must be at least 1 (got {self.batch_size})"),
-            (self.max_lr is None or self.max_lr > 0, f"max LR must be > 0 (got {self.max_lr})"),
+            (self.max_lr is None or 0 < self.max_lr < math.inf, f"max LR must be a number > 0 (got {self.max_lr})"),
             (self.subset is None or self.subset >= 10,
              f"subset must hold at least one image per class, 10 or more (got {self.subset})"),
             (self.workers is None or self.workers >= 0, f"workers must be >= 0 (got {self.workers})"),

@@ -251,20 +251,21 @@ def run(cfg: Config, resume: bool = False, data: CifarData | None = None,
 
 def notebook_config(quick: bool, workdir: str | Path = ".") -> Config:
     """The notebook's Config. Quick mode (ERA_QUICK=1): a learnable synthetic CIFAR-10 written
-    at run time (no internet), 2 epochs, a short range test. Full mode: the defaults, with data
-    from $CIFAR10_DIR if set (else torchvision's download)."""
+    at run time (no internet), 2 epochs, a short range test, in a throwaway runs/quick that is
+    cleared each time (so an old quick run never gets resumed). Full mode: the defaults, with
+    data from $CIFAR10_DIR if set (else torchvision's download) and output in runs/notebook."""
     import os
+    import shutil
 
     from modular.data import synthetic_cifar10, write_image_tree
 
     workdir = Path(workdir)
     if not quick:
         return Config(data_dir=os.environ.get("CIFAR10_DIR"), output_dir=str(workdir / "runs" / "notebook"))
-    tree = workdir / "data" / "synthetic-cifar10"
-    if not (tree / "test").is_dir():
-        write_image_tree(synthetic_cifar10(n_train=1000, n_test=200, seed=0), tree)
-    return Config(data_dir=str(tree), epochs=2, batch_size=64, lr_find_iters=20,
-                  output_dir=str(workdir / "runs" / "quick"))
+    out = workdir / "runs" / "quick"
+    shutil.rmtree(out, ignore_errors=True)
+    tree = write_image_tree(synthetic_cifar10(n_train=1000, n_test=200, seed=0), out / "data")
+    return Config(data_dir=str(tree), epochs=2, batch_size=64, lr_find_iters=20, output_dir=str(out))
 
 
 def print_model_summary(model: torch.nn.Module) -> None:

@@ -12,6 +12,7 @@ def one_cycle(optimizer: torch.optim.Optimizer, cfg: Config, max_lr: float, step
     """OneCycleLR over ``cfg.epochs`` epochs. Starts at LRMIN = max_lr / div_factor, peaks at max_lr
     on the last step of ``cfg.resolved_peak_epoch``, ends at LRMIN / final_div_factor.
 
+    With the peak on the last epoch (allowed, but not the default) the schedule is warm-up only.
     Step it once per batch and never after the last batch: one step more extrapolates below
     the final LR (the original logged a negative LR that way).
     """

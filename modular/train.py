@@ -85,7 +85,7 @@ def train_epoch(model, loader, optimizer, scheduler, criterion, scaler, runtime:
         lr = optimizer.param_groups[0]["lr"]  # the LR this step uses, recorded before stepping
         loss, logits = train_step(model, images, targets, optimizer, criterion, scaler, runtime)
         if not math.isfinite(loss_value := float(loss)):
-            raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {step}")
+            raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {step}; lower --max-lr")
         if not (is_last_epoch and step == steps):  # one step more would extrapolate below the final LR
             scheduler.step()
         lrs.append(lr)
@@ -158,6 +158,9 @@ def fit(model: torch.nn.Module, train_loader, test_loader, cfg: Config, runtime:
             stats = train_epoch(step_model, train_loader, optimizer, scheduler, criterion, scaler, runtime,
                                 epoch, epoch == cfg.epochs, show_progress)
             test = predict(step_model, test_loader, runtime, criterion)
+            if not math.isfinite(test.loss):  # diverged weights: keep the last good checkpoint
+                raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {len(train_loader)} "
+                                      "(the test loss after the epoch's last step); lower --max-lr")
             row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy,
                    "test_loss": test.loss, "test_acc": test.accuracy, "lr": stats.lrs[-1],
                    "seconds": time.perf_counter() - began}

@@ -1,0 +1,123 @@
+"""``python -m modular``: help, stats, evaluate and lr-find in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from helpers import FAST, SHARED_N_TEST, SHARED_N_TRAIN, describe, run_cli_many, shared_run, shared_tree
+
+from modular.config import CIFAR10_CLASSES
+
+SUBCOMMANDS = ["train", "lr-find", "evaluate", "stats", "bench", "report"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Every command of this file, started side by side once: name -> CompletedProcess."""
+    run = shared_run(tmp_path_factory)
+    tree = shared_tree(tmp_path_factory)
+    lr_out = tmp_path_factory.mktemp("lr_find") / "out"
+    commands = {
+        "lr-find": ["lr-find", "--data-dir", tree, "--output-dir", lr_out, "--lr-find-iters", "20", *FAST],
+        "evaluate": ["evaluate", "--checkpoint", run.checkpoint],
+        "stats": ["stats", "--data-dir", tree],
+        "help": ["--help"],
+        "help train": ["train", "--help"],
+    }
+    done = dict(zip(commands, run_cli_many(list(commands.values()), parallel=5)))
+    done["lr-find out"] = lr_out
+    done["run"] = run
+    return done
+
+
+def test_help(results):
+    result = results["help"]
+    assert result.returncode == 0, describe(result)
+    assert result.stdout.startswith("usage: python -m modular")
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+    assert result.stderr == ""
+
+
+def cli_main(argv, capsys) -> tuple[int, str, str]:
+    """``python -m modular *argv`` in this process (the function __main__ calls): (exit code, stdout, stderr)."""
+    from modular.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_subcommand_help(results):
+    result = results["help train"]
+    assert result.returncode == 0, describe(result)
+    assert result.stdout.startswith("usage: python -m modular train"), describe(result)
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_subcommand_help(name, capsys):
+    code, out, err = cli_main([name, "--help"], capsys)
+    assert code == 0, err
+    assert out.startswith(f"usage: python -m modular {name}"), out
+    assert err == ""
+
+
+def test_no_subcommand_is_a_usage_error(capsys):
+    code, out, err = cli_main([], capsys)
+    assert code == 2 and "usage:" in err and out == ""
+
+
+def test_train_help_lists_the_documented_flags(results):
+    text = results["help train"].stdout
+    for flag in ("--data-dir", "--epochs", "--batch-size", "--max-lr", "--peak-epoch", "--resume", "--output-dir",
+                 "--device", "--precision", "--seed", "--subset", "--lr-find-end", "--lr-find-iters", "--optimizer"):
+        assert flag in text, flag
+
+
+def test_stats_prints_the_counts_table(results, tmp_path_factory):
+    from modular.data import channel_stats, load_cifar10
+
+    result = results["stats"]
+    assert result.returncode == 0, describe(result)
+    lines = result.stdout.splitlines()
+    assert f"images: {SHARED_N_TRAIN} train, {SHARED_N_TEST} test" in lines
+    assert re.match(r"class\s+train\s+test$", lines[2])
+    for name in CIFAR10_CLASSES:
+        assert re.search(rf"^{name}\s+{SHARED_N_TRAIN // 10}\s+{SHARED_N_TEST // 10}$", result.stdout, re.M), name
+    mean, std = channel_stats(load_cifar10(shared_tree(tmp_path_factory)).train_images)
+    for channel, m, s in zip("RGB", mean, std):
+        assert re.search(rf"^{channel}\s+{m:.4f}\s+{s:.4f}$", result.stdout, re.M), channel
+
+
+def test_evaluate_prints_the_test_accuracy_of_the_checkpoint(results):
+    result, record = results["evaluate"], results["run"].record
+    assert result.returncode == 0, describe(result)
+    assert "epoch 2 of 2" in result.stdout
+    assert f"test accuracy {record['test_acc']:.2f}%" in result.stdout, describe(result)
+    assert f"flip TTA {record['tta_test_acc']:.2f}%" in result.stdout
+    for name in CIFAR10_CLASSES:
+        assert re.search(rf"^\s+{name}\s+{record['per_class_acc'][name]:.2f}%$", result.stdout, re.M), name
+
+
+def test_lr_find_writes_its_json_and_plot(results):
+    result, out = results["lr-find"], results["lr-find out"]
+    assert result.returncode == 0, describe(result)
+    found = json.loads((out / "lr_find.json").read_text())
+    assert {"lrs", "losses", "lr_max", "lr_min", "steepest_lr", "rule"} <= set(found)
+    assert found["lr_max"] > found["lr_min"] > 0
+    assert found["lr_min"] == pytest.approx(found["lr_max"] / 100)
+    assert len(found["lrs"]) == len(found["losses"]) <= 20
+    assert found["lr_max"] in found["lrs"]
+    assert np.all(np.diff(found["lrs"]) > 0)
+    png = (out / "lr_range_test.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 1000
+    assert f"LRMAX {found['lr_max']:.4g}" in result.stdout
+    assert "Traceback" not in result.stderr
