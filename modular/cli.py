@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_positive_int, default=5)
     bench.add_argument("--compile", action="store_true", help="also measure torch.compile")
 
-    report = commands.add_parser("report", help="write the README's Results table from a run record")
-    report.add_argument("record", help="a run.json, e.g. results/headline.json")
+    report = commands.add_parser("report", help="write README tables from run or benchmark records")
+    report.add_argument("records", nargs="+", help="run records (results/headline.json) or benchmark records "
+                        "(results/bench-cpu.json)")
     report.add_argument("--readme", default="README.md")
     for sub in commands.choices.values():  # configuration errors print the subcommand's usage
         sub.set_defaults(command_parser=sub)
@@ -174,8 +175,9 @@ def cmd_bench(args) -> int:
 def cmd_report(args) -> int:
     from modular.report import update_readme
 
-    update_readme(Path(args.record), Path(args.readme))
-    print(f"updated the Results table in {args.readme} from {args.record}")
+    for record in args.records:
+        section = update_readme(Path(record), Path(args.readme))
+        print(f"updated the {section} section of {args.readme} from {record}")
     return 0
 
 

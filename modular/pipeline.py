@@ -158,7 +158,8 @@ def figures(record: dict, s: Setup) -> dict:
     (the misclassified gallery also looks up its test images by index)."""
     classes = record["classes"]
     images, labels = next(iter(s.train_loader))
-    wrong = record["misclassified"][:20]
+    every = record["misclassified"]
+    wrong = every[:: max(1, len(every) // 20)][:20]  # spread over the test set (it is ordered by class)
     found = {
         "train_samples": plots.plot_samples(images[:16], labels[:16].numpy(), classes, "augmented training images",
                                             mean=s.mean, std=s.std),
@@ -253,7 +254,7 @@ def notebook_config(quick: bool, workdir: str | Path = ".") -> Config:
     """The notebook's Config. Quick mode (ERA_QUICK=1): a learnable synthetic CIFAR-10 written
     at run time (no internet), 2 epochs, a short range test, in a throwaway runs/quick that is
     cleared each time (so an old quick run never gets resumed). Full mode: the defaults, with
-    data from $CIFAR10_DIR if set (else torchvision's download) and output in runs/notebook."""
+    data from $CIFAR10_DIR if set (else torchvision's download) and output in runs/headline (where the headline run lives)."""
     import os
     import shutil
 
@@ -261,7 +262,7 @@ def notebook_config(quick: bool, workdir: str | Path = ".") -> Config:
 
     workdir = Path(workdir)
     if not quick:
-        return Config(data_dir=os.environ.get("CIFAR10_DIR"), output_dir=str(workdir / "runs" / "notebook"))
+        return Config(data_dir=os.environ.get("CIFAR10_DIR"), output_dir=str(workdir / "runs" / "headline"))
     out = workdir / "runs" / "quick"
     shutil.rmtree(out, ignore_errors=True)
     tree = write_image_tree(synthetic_cifar10(n_train=1000, n_test=200, seed=0), out / "data")
