@@ -87,6 +87,19 @@ def run_cli_many(commands: list, cwd=None, env=None, parallel: int = 4, timeout:
     return results
 
 
+def cli_main(argv, capsys) -> tuple[int, str, str]:
+    """``python -m modular *argv`` in this process (the function __main__ calls): (exit code, stdout, stderr)."""
+    from modular.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def describe(result: subprocess.CompletedProcess) -> str:
     """For assertion messages: the command, its exit code and its output."""
     return (f"\n$ {' '.join(map(str, result.args[2:]))}\nexit {result.returncode}\n"

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import FAST, SHARED_N_TEST, SHARED_N_TRAIN, describe, run_cli_many, shared_run, shared_tree
+from helpers import FAST, SHARED_N_TEST, SHARED_N_TRAIN, cli_main, describe, run_cli_many, shared_run, shared_tree
 
 from modular.config import CIFAR10_CLASSES
 
@@ -41,19 +41,6 @@ def test_help(results):
     for name in SUBCOMMANDS:
         assert name in result.stdout
     assert result.stderr == ""
-
-
-def cli_main(argv, capsys) -> tuple[int, str, str]:
-    """``python -m modular *argv`` in this process (the function __main__ calls): (exit code, stdout, stderr)."""
-    from modular.cli import main
-
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_subcommand_help(results):

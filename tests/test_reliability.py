@@ -18,6 +18,7 @@ import torch
 from helpers import (
     FAST,
     assert_clean_failure,
+    cli_main,
     describe,
     error_lines,
     finish,
@@ -142,19 +143,6 @@ def test_sigint_exits_130_says_how_to_resume_and_keeps_the_checkpoint(tree, tmp_
 # `python -m modular` calls), and one case of each kind also in a real subprocess; those
 # subprocesses are started together, side by side, once for the module (each mostly imports torch).
 # --------------------------------------------------------------------------------------------
-
-def cli_main(argv, capsys) -> tuple[int, str, str]:
-    """``python -m modular *argv`` in this process: (exit code, stdout, stderr)."""
-    from modular.cli import main
-
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def assert_one_line_error(code: int, out: str, err: str, expected_code: int, *needles: str) -> None:
     shown = f"\nexit {code}\n--- stdout\n{out[-2000:]}\n--- stderr\n{err[-2000:]}"
