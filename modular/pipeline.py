@@ -203,11 +203,13 @@ def decide_lr(s: Setup, model: torch.nn.Module, state: dict | None = None,
 
 
 def train(s: Setup, model: torch.nn.Module, facts: dict, resume: bool = True,
-          log: Callable[[str], None] = print) -> FitResult:
+          log: Callable[[str], None] = print, state: dict | None = None) -> FitResult:
     """Fit with OneCycle, continuing <output_dir>/checkpoint.pt when ``resume`` (a finished run
-    is not retrained: its recorded table is shown)."""
+    is not retrained: its recorded table is shown). ``state``: that checkpoint if the caller
+    already loaded it; otherwise it is read here (a rerun notebook cell sees the newest one)."""
     prepare_output_dir(s.cfg.output_dir)
-    state = find_checkpoint(s.cfg, resume)
+    if state is None:
+        state = find_checkpoint(s.cfg, resume)
     if state is not None:
         log(f"resuming {checkpoint_path(s.cfg)} after epoch {state['epoch']} of {s.cfg.epochs}")
     return fit(model, s.train_loader, s.test_loader, s.cfg, s.runtime, facts["lr_max"], checkpoint_path(s.cfg),
@@ -242,7 +244,7 @@ def run(cfg: Config, resume: bool = False, data: CifarData | None = None,
         f"device: {s.runtime.describe()}")
     model = new_model(cfg)
     facts = decide_lr(s, model, state, log)
-    result = train(s, model, facts, resume, log)
+    result = train(s, model, facts, resume, log, state=state)
     return finish(s, facts, result, log)
 
 
