@@ -127,10 +127,10 @@ def cmd_lr_find(args, cfg: Config) -> int:
     s = setup(cfg)
     found = lr_range_test(s, new_model(cfg))
     (out / "lr_find.json").write_text(json.dumps(found.to_dict(), indent=1))
-    plot = plots.save_figure(plots.plot_lr_finder(found.lrs, found.losses, found.lr_max, found.lr_min, found.rule),
-                             out / "lr_range_test.png")
-    print(f"LRMAX {found.lr_max:.4g}  LRMIN {found.lr_min:.4g}  ({found.rule}); library's steepest-descent "
-          f"suggestion {found.steepest_lr:.3g}; plot: {plot}")
+    plot = plots.save_figure(plots.plot_lr_finder(**found.to_dict()), out / "lr_range_test.png")
+    steepest = "none" if found.steepest_lr is None else f"{found.steepest_lr:.3g}"
+    print(f"LRMAX {found.lr_max:.4g}  LRMIN {found.lr_min:.4g}; diverged at LR {found.diverged_lr:.3g}; "
+          f"torch-lr-finder's steepest-descent suggestion {steepest}; plot: {plot}\nrule: {found.rule}")
     return 0
 
 

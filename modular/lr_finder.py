@@ -1,9 +1,10 @@
 """The LR range test (torch-lr-finder) and the rule that turns its curve into LRMAX and LRMIN.
 
-Rule: LRMAX is the LR at the minimum of the smoothed loss; LRMIN = LRMAX / div_factor, the
-schedule's first LR. The library's own suggestion (steepest smoothed descent) is kept for
-comparison only: on the real images with label smoothing it lands in the diverged region,
-12x past the minimum (shared notes), while the minimum sits close to Page's proven 0.4.
+torch-lr-finder runs with smoothing off, so the raw loss of every step is kept; the project
+smooths it as the library would (an exponential moving average, factor 0.05) and applies the
+rule in RULE to the smoothed curve. With label smoothing and scaled logits the loss is bounded:
+it never passes the library's 5x-the-best stop, and after blowing up it can fall again. The rule
+therefore cuts the curve at the point of divergence and looks only before it.
 """
 
 from __future__ import annotations
@@ -20,41 +21,98 @@ import torch
 
 from modular.config import Config
 
-SKIP_START, SKIP_END = 10, 5  # as torch-lr-finder's plot: the first points are noise, the last diverge
-RULE = "LRMAX = LR at the minimum of the smoothed loss; LRMIN = LRMAX / div_factor"
+SMOOTH_F = 0.05        # torch-lr-finder's default smoothing, applied here to the raw curve
+GIVE_BACK = 0.5        # diverged once the loss gives back half of what it gained...
+MIN_RISE = 0.02        # ...or, while it has gained little, once it climbs 2% of its start above its best
+MIN_POINTS = 10        # a minimum within the first points means the test diverged almost at once
+SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's window for its own steepest-descent suggestion
+RULE = ("LRMAX is the LR at the minimum of the smoothed loss before divergence (the first point where the smoothed "
+        "loss climbs above its lowest value so far by half the drop from the start to that value, or by 2% of the "
+        "starting loss if that is more); LRMIN = LRMAX / div_factor")
 
 
 class LRFinderError(RuntimeError):
-    """The range test gave too few usable points; the message says which setting to change."""
+    """The range test gave a curve the rule cannot use; the message says which setting to change."""
+
+
+@dataclass(frozen=True)
+class LRChoice:
+    """What the rule read off a smoothed curve (indices into the curve)."""
+    lr_max: float
+    min_index: int
+    diverged_index: int
+    diverged_lr: float
+    steepest_lr: float | None  # the library's suggestion, for comparison only
 
 
 @dataclass
 class LRFindResult:
     lrs: list[float]
-    losses: list[float]        # smoothed, as torch-lr-finder records them
+    losses: list[float]        # smoothed (SMOOTH_F), the curve the rule reads
     lr_max: float
     lr_min: float
     steepest_lr: float | None  # the library's suggestion, for comparison
     rule: str = RULE
+    raw_losses: list[float] | None = None  # one batch's loss per step (None in records made before it was kept)
+    diverged_lr: float | None = None       # the LR of the point of divergence
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def choose_lr_max(lrs: list[float], losses: list[float]) -> tuple[float, float | None]:
-    """(LR at the minimum smoothed loss, LR of steepest descent) over the usable points."""
-    lrs_a, losses_a = np.asarray(lrs, float), np.asarray(losses, float)
-    finite = np.isfinite(losses_a)
-    usable = len(losses_a) if finite.all() else int(np.argmin(finite))  # stop at the first NaN/inf
-    if usable < SKIP_START + SKIP_END + 2:
+def smooth(raw: list[float], factor: float = SMOOTH_F) -> list[float]:
+    """torch-lr-finder's exponential smoothing: s[0] = raw[0], s[i] = factor*raw[i] + (1-factor)*s[i-1]."""
+    out: list[float] = []
+    for value in raw:
+        out.append(value if not out else factor * value + (1 - factor) * out[-1])
+    return out
+
+
+def steepest_descent_lr(lrs: np.ndarray, smoothed: np.ndarray) -> float | None:
+    """torch-lr-finder's suggestion: the steepest smoothed descent between its skip_start and skip_end."""
+    window = smoothed[SKIP_START:len(smoothed) - SKIP_END]
+    if window.size < 2:
+        return None
+    return float(lrs[SKIP_START + int(np.argmin(np.gradient(window)))])
+
+
+def finite_length(curve: np.ndarray) -> int:
+    """How many points come before the first NaN/inf."""
+    finite = np.isfinite(curve)
+    return len(curve) if finite.all() else int(np.argmin(finite))
+
+
+def find_divergence(smoothed: np.ndarray, stopped_early: bool) -> int | None:
+    """Index of the first diverged point of a smoothed curve (see RULE), or None if it never diverged.
+    A NaN/inf, or the library's own early stop (the last point), also counts as divergence."""
+    end = finite_length(smoothed)
+    if end == 0:
+        return 0
+    curve = smoothed[:end]
+    lowest = np.minimum.accumulate(curve)
+    margin = np.maximum(GIVE_BACK * (curve[0] - lowest), MIN_RISE * abs(curve[0]))
+    above = np.flatnonzero(curve > lowest + margin)
+    if above.size:
+        return int(above[0])
+    if end < len(smoothed):
+        return end
+    return len(smoothed) - 1 if stopped_early else None
+
+
+def choose_lr_max(lrs: list[float], smoothed: list[float], stopped_early: bool = False) -> LRChoice:
+    """Apply RULE to a smoothed range-test curve; LRFinderError if the curve cannot be used."""
+    lrs_a, curve = np.asarray(lrs, float), np.asarray(smoothed, float)
+    diverged = find_divergence(curve, stopped_early)
+    if diverged is None:
+        raise LRFinderError(f"the loss never diverged up to LR {lrs_a[-1]:.3g}, so its minimum is not yet in sight: "
+                            "raise --lr-find-end")
+    min_index = int(np.argmin(curve[:diverged])) if diverged else 0
+    if min_index < MIN_POINTS:
         raise LRFinderError(
-            f"the LR range test gave {usable} usable points (needs {SKIP_START + SKIP_END + 2}); the loss "
-            f"diverged near LR {lrs_a[min(usable, len(lrs_a) - 1)]:.3g}: lower --lr-find-end or raise --lr-find-iters")
-    window_lrs = lrs_a[SKIP_START:usable - SKIP_END]
-    window = losses_a[SKIP_START:usable - SKIP_END]
-    lr_max = float(window_lrs[np.argmin(window)])
-    steepest = float(window_lrs[np.argmin(np.gradient(window))])
-    return lr_max, steepest
+            f"the LR range test diverged almost at once (lowest loss at point {min_index + 1} of {len(curve)}, diverged "
+            f"near LR {lrs_a[diverged]:.3g}): lower --lr-find-end or raise --lr-find-iters")
+    return LRChoice(float(lrs_a[min_index]), min_index, diverged, float(lrs_a[diverged]),
+                    steepest_descent_lr(lrs_a, curve[:finite_length(curve)]))
 
 
 def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: torch.nn.Module,
@@ -80,10 +138,12 @@ def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criteri
         # the library prints status lines of its own; keep the output to our summary
         with mock.patch.object(lr_finder_module, "tqdm", progress), contextlib.redirect_stdout(io.StringIO()):
             finder.range_test(train_loader, start_lr=cfg.lr_find_start, end_lr=cfg.lr_find_end,
-                              num_iter=cfg.lr_find_iters, step_mode="exp", smooth_f=0.05, diverge_th=5)
+                              num_iter=cfg.lr_find_iters, step_mode="exp", smooth_f=0, diverge_th=5)
         lrs = [float(x) for x in finder.history["lr"]]
-        losses = [float(x) if math.isfinite(x) else float("nan") for x in finder.history["loss"]]
+        raw = [float(x) if math.isfinite(x) else float("nan") for x in finder.history["loss"]]
     finally:
         finder.reset()  # weights, BN statistics and optimizer state as before the test
-    lr_max, steepest = choose_lr_max(lrs, losses)
-    return LRFindResult(lrs, losses, lr_max, lr_max / cfg.div_factor, steepest)
+    smoothed = smooth(raw)
+    choice = choose_lr_max(lrs, smoothed, stopped_early=len(lrs) < cfg.lr_find_iters)
+    return LRFindResult(lrs, smoothed, choice.lr_max, choice.lr_max / cfg.div_factor, choice.steepest_lr,
+                        raw_losses=raw, diverged_lr=choice.diverged_lr)

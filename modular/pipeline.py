@@ -21,6 +21,7 @@ from modular.data import CifarData, channel_stats, load_cifar10, make_loaders
 from modular.device import Runtime, hardware_name, select_runtime, versions
 from modular.evaluate import full_evaluation
 from modular.lr_finder import LRFindResult, range_test
+from modular.provenance import code_version
 from modular.train import FitResult, build_criterion, build_optimizer, fit, interactive
 from modular.transforms import test_transforms, train_transforms
 
@@ -115,13 +116,14 @@ def find_checkpoint(cfg: Config, resume: bool) -> dict | None:
     return state
 
 
-FACT_KEYS = ("mean", "std", "lr_max", "lr_min", "lr_find", "lr_find_seconds")
+FACT_KEYS = ("mean", "std", "lr_max", "lr_min", "lr_find", "lr_find_seconds", "commit")
 
 
 def run_facts(s: Setup, max_lr: float, found: LRFindResult | None = None, seconds: float = 0.0) -> dict:
-    """What a run decided before training; stored in every checkpoint and in the record."""
+    """What a run decided before training; stored in every checkpoint and in the record.
+    ``commit`` lists the code that ran it: one entry at the start, one more at every resume."""
     return {"mean": list(s.mean), "std": list(s.std), "lr_max": max_lr, "lr_min": max_lr / s.cfg.div_factor,
-            "lr_find": found.to_dict() if found else None, "lr_find_seconds": seconds}
+            "lr_find": found.to_dict() if found else None, "lr_find_seconds": seconds, "commit": [code_version()]}
 
 
 def build_record(s: Setup, facts: dict, result: FitResult, evaluation: dict, wall_seconds: float) -> dict:
@@ -173,8 +175,7 @@ def figures(record: dict, s: Setup) -> dict:
         "per_class_accuracy": plots.plot_per_class_accuracy(record["per_class_acc"], classes),
     }
     if record.get("lr_find"):
-        lr = record["lr_find"]
-        found["lr_range_test"] = plots.plot_lr_finder(lr["lrs"], lr["losses"], lr["lr_max"], lr["lr_min"], lr["rule"])
+        found["lr_range_test"] = plots.plot_lr_finder(**record["lr_find"])
     return found
 
 
@@ -190,6 +191,7 @@ def decide_lr(s: Setup, model: torch.nn.Module, state: dict | None = None,
     cfg = s.cfg
     if state is not None:
         facts = {k: state[k] for k in FACT_KEYS if k in state}
+        facts["commit"] = [*facts.get("commit", []), code_version(from_epoch=int(state["epoch"]))]
     elif cfg.max_lr is not None:
         facts = run_facts(s, cfg.max_lr)
     else:

@@ -169,27 +169,35 @@ def _vline(ax: Axes, x: float, label: str, color: str, y_frac: float) -> None:
 
 
 def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], lr_max: float, lr_min: float | None = None,
-                   rule: str = "") -> Figure:
-    """The LR range test: (smoothed) loss against LR on a log axis, LRMAX and LRMIN marked, ``rule`` as caption.
-
-    ``losses`` are plotted as given (torch-lr-finder's history is already exponentially smoothed).
-    """
+                   rule: str = "", raw_losses: Sequence[float] | None = None, diverged_lr: float | None = None,
+                   steepest_lr: float | None = None) -> Figure:
+    """The LR range test on a log LR axis: the raw loss (light) and the smoothed loss the rule reads,
+    the point of divergence, LRMAX, LRMIN and torch-lr-finder's steepest-descent suggestion, each
+    labelled; ``rule`` as caption. Takes a range-test record as keywords (old records lack the raw
+    curve and the divergence point: those are left out)."""
     lr = np.asarray(lrs, dtype=float)
     loss = np.asarray(losses, dtype=float)
     fig = _figure(height=4.2)
     ax = fig.subplots()
-    ax.plot(lr, loss, color="tab:blue", lw=1.5, label="smoothed loss")
+    if raw_losses is not None:
+        ax.plot(lr, np.asarray(raw_losses, dtype=float), color="tab:blue", lw=0.8, alpha=0.3, label="raw loss (per batch)")
+    ax.plot(lr, loss, color="tab:blue", lw=1.6, label="smoothed loss")
     ax.set_xscale("log")
     ax.set(title="LR range test", xlabel="learning rate (log scale)", ylabel="loss")
     finite = loss[np.isfinite(loss)]
     if finite.size:  # the run ends by diverging: keep the interesting part in view
         low, high = finite.min(), min(finite.max(), 2.0 * finite[0] - finite.min())
         if high > low:
-            pad = 0.05 * (high - low)
+            pad = 0.08 * (high - low)
             ax.set_ylim(low - pad, high + pad)
-    _vline(ax, lr_max, f"LRMAX = {lr_max:.1e}", "crimson", 0.9)
+    if diverged_lr is not None:
+        ax.axvspan(diverged_lr, lr[-1], color="grey", alpha=0.12, label="diverged: ignored by the rule")
+        _vline(ax, diverged_lr, f"diverged at {diverged_lr:.2g}", "dimgrey", 0.62)
+    if steepest_lr is not None:
+        _vline(ax, steepest_lr, f"steepest descent\n(torch-lr-finder) {steepest_lr:.2g}", "darkorange", 0.35)
+    _vline(ax, lr_max, f"LRMAX = {lr_max:.3g}", "crimson", 0.9)
     if lr_min is not None:
-        _vline(ax, lr_min, f"LRMIN = {lr_min:.1e}", "darkgreen", 0.8)
+        _vline(ax, lr_min, f"LRMIN = {lr_min:.3g}", "darkgreen", 0.8)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower left", fontsize=8)
     if rule:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import helpers  # noqa: F401  (environment and sys.path)
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
 from modular import pipeline
 from modular.config import Config
 from modular.data import synthetic_cifar10
-from modular.lr_finder import RULE, SKIP_END, SKIP_START, LRFinderError, LRFindResult, choose_lr_max
+from modular.lr_finder import MIN_POINTS, RULE, SMOOTH_F, LRFinderError, LRFindResult, choose_lr_max, smooth
 
 ITERS = 30
 
@@ -40,16 +42,21 @@ def test_range_test_returns_lrmax_and_lrmin(range_tested):
 def test_range_test_curve_and_choice(range_tested):
     cfg, _, _, result = range_tested
     lrs, losses = np.asarray(result.lrs), np.asarray(result.losses)
-    assert SKIP_START + SKIP_END + 2 <= len(lrs) == len(losses) <= ITERS
+    assert MIN_POINTS < len(lrs) == len(losses) == len(result.raw_losses) <= ITERS
     assert lrs[0] == pytest.approx(cfg.lr_find_start, rel=1e-9)
     assert (np.diff(lrs) > 0).all()
     # exponential steps: a constant ratio, reaching lr_find_end at the last planned step
     ratio = (cfg.lr_find_end / cfg.lr_find_start) ** (1 / (ITERS - 1))
     assert lrs[1:] / lrs[:-1] == pytest.approx(np.full(len(lrs) - 1, ratio), rel=1e-6)
-    # LRMAX is the LR at the minimum smoothed loss, in the window the rule looks at
-    assert result.lr_max == choose_lr_max(result.lrs, result.losses)[0]
-    window = slice(SKIP_START, len(losses) - SKIP_END)
-    assert result.lr_max == lrs[window][np.nanargmin(losses[window])]
+    # the raw curve is recorded, and the smoothed one is the library's smoothing of it
+    raw = np.asarray(result.raw_losses)
+    assert not np.allclose(raw, losses)
+    assert losses[1:] == pytest.approx(SMOOTH_F * raw[1:] + (1 - SMOOTH_F) * losses[:-1], nan_ok=True)
+    # LRMAX is the LR at the smoothed minimum before the point of divergence
+    choice = choose_lr_max(result.lrs, result.losses, stopped_early=len(lrs) < ITERS)
+    assert (result.lr_max, result.diverged_lr) == (choice.lr_max, choice.diverged_lr)
+    assert result.lr_max < result.diverged_lr
+    assert result.lr_max == lrs[np.argmin(losses[:choice.diverged_index])]
 
 
 def test_range_test_leaves_the_model_as_it_was(range_tested):
@@ -62,53 +69,96 @@ def test_range_test_leaves_the_model_as_it_was(range_tested):
     assert any(k.endswith("running_var") for k in before) and any(k.endswith("num_batches_tracked") for k in before)
 
 
-def made_up_curve(n: int = 60, minimum_at: int = 35):
-    """Exponential LRs; a smooth loss with its minimum at index ``minimum_at`` that rises after it."""
+def made_up_curve(n: int = 100, minimum_at: int = 70, depth: float = 0.26, start: float = 2.3):
+    """Exponential LRs from 1e-4 to 10 and a smooth bounded loss like the recorded JPEG curve:
+    flat, down to ``start - depth`` at index ``minimum_at``, up past the start, then down again."""
     lrs = np.geomspace(1e-4, 10, n)
     x = np.log(lrs)
-    loss = 2.3 - 1.5 * np.exp(-((x - x[minimum_at]) ** 2) / 4.0)
-    loss[minimum_at + 1:] += np.linspace(0.01, 2.0, n - minimum_at - 1)  # diverging tail
-    return lrs.tolist(), loss.tolist()
+    loss = start - depth * np.exp(-((x - x[minimum_at]) ** 2) / 4.0)
+    after = np.arange(n) > minimum_at
+    bump = np.exp(-((x - x[minimum_at] - 1.6) ** 2) / 0.8)            # the blow-up, ~5x past the minimum
+    loss[after] += 1.5 * depth * bump[after]
+    return lrs, loss
 
 
-def test_choose_lr_max_picks_the_minimum_of_the_smoothed_loss():
-    lrs, losses = made_up_curve(minimum_at=35)
-    lr_max, steepest = choose_lr_max(lrs, losses)
-    assert lr_max == lrs[35]
-    # the library's suggestion (steepest descent) lies before the minimum
-    assert steepest is not None and lrs[SKIP_START] <= steepest < lr_max
+def test_rule_on_the_recorded_jpeg_curve():
+    """The smoothed curve of the JPEG headline run (results/jpeg-seed0.json): minimum 2.047 at LR 0.433,
+    a blow-up to 2.35 at LR 2, then a second dip to 2.18 at LR 10."""
+    found = json.loads((ROOT / "results" / "jpeg-seed0.json").read_text())["lr_find"]
+    choice = choose_lr_max(found["lrs"], found["losses"])
+    assert choice.lr_max == pytest.approx(0.4329, rel=1e-3)
+    assert choice.diverged_lr == pytest.approx(1.097, rel=1e-3)   # 2.188 > 2.047 + (2.306 - 2.047) / 2
+    assert choice.steepest_lr == pytest.approx(found["steepest_lr"])  # the library's 3.13, in the diverged region
 
 
-def test_choose_lr_max_ignores_the_noisy_start_and_the_last_points():
-    lrs, losses = made_up_curve(minimum_at=35)
-    losses = list(losses)
-    losses[3] = 0.0                    # inside the first SKIP_START points: noise
-    losses[-2] = 0.0                   # among the last SKIP_END points: ignored
-    assert choose_lr_max(lrs, losses)[0] == lrs[35]
+def test_a_second_dip_below_the_minimum_after_divergence_is_ignored():
+    lrs, loss = made_up_curve()
+    loss[92:] = np.linspace(loss[91], 1.5, 8)          # after the blow-up the loss falls far below the true minimum
+    assert np.argmin(loss) > 90
+    choice = choose_lr_max(lrs.tolist(), loss.tolist())
+    assert choice.min_index == 70 and choice.lr_max == lrs[70]
+    assert 70 < choice.diverged_index < 90
 
 
-def test_choose_lr_max_stops_at_the_first_nan():
-    lrs, losses = made_up_curve(minimum_at=45)
-    losses = list(losses)
-    losses[40:] = [float("nan")] * (len(losses) - 40)
-    losses[30] = 0.5                   # the lowest point before the NaNs
-    lr_max, _ = choose_lr_max(lrs, losses)
-    assert lr_max == lrs[30]
+def test_a_curve_that_never_diverges_says_raise_the_end():
+    lrs = np.geomspace(1e-4, 1e-2, 100)
+    loss = np.linspace(2.3, 1.9, 100)                  # still falling at the end of the range
+    with pytest.raises(LRFinderError, match="never diverged up to LR 0.01.*raise --lr-find-end"):
+        choose_lr_max(lrs.tolist(), loss.tolist())
+
+
+def test_a_curve_that_diverges_at_once_says_lower_the_end():
+    lrs = np.geomspace(1e-4, 10, 100)
+    loss = 2.3 + np.linspace(0, 3, 100)                # climbs from the first step
+    with pytest.raises(LRFinderError, match="diverged almost at once.*--lr-find-end or raise --lr-find-iters"):
+        choose_lr_max(lrs.tolist(), loss.tolist())
+
+
+def test_flat_noise_at_the_start_is_not_divergence():
+    """The recorded curve's first points wobble 0.0007 above the starting loss: no divergence."""
+    lrs, loss = made_up_curve()
+    loss[3:8] += 0.001
+    assert choose_lr_max(lrs.tolist(), loss.tolist()).lr_max == lrs[70]
+
+
+def test_noisy_raw_curve_smoothed_then_chosen():
+    rng = np.random.default_rng(0)
+    lrs, clean = made_up_curve()
+    noiseless = choose_lr_max(lrs.tolist(), smooth(clean.tolist()))
+    assert 70 < noiseless.min_index <= 76                # the smoothing's lag: a few points right of the raw minimum
+    for _ in range(20):
+        raw = clean + rng.normal(0, 0.03, clean.size)  # per-batch noise, as a batch of 512 gives
+        choice = choose_lr_max(lrs.tolist(), smooth(raw.tolist()))
+        assert abs(choice.min_index - noiseless.min_index) <= 3 and choice.min_index < choice.diverged_index
+
+
+def test_smooth_is_torch_lr_finders_exponential_average():
+    assert smooth([1.0, 0.0, 0.0]) == pytest.approx([1.0, 0.95, 0.9025])
+    assert smooth([]) == []
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_choose_lr_max_with_too_few_finite_points_says_what_to_change(bad):
-    lrs, losses = made_up_curve()
-    losses = list(losses)
-    losses[8:] = [bad] * (len(losses) - 8)
+def test_nan_counts_as_divergence(bad):
+    lrs, loss = made_up_curve(minimum_at=70)
+    loss = loss.tolist()
+    loss[60:] = [bad] * 40                             # diverged before the curve's own minimum
+    choice = choose_lr_max(lrs.tolist(), loss)
+    assert choice.diverged_index == 60 and choice.min_index == 59
+
+
+def test_the_librarys_early_stop_counts_as_divergence():
+    lrs, loss = made_up_curve(minimum_at=70)
+    cut = 73                                           # torch-lr-finder stopped here (loss > 5x its best)
+    choice = choose_lr_max(lrs[:cut].tolist(), loss[:cut].tolist(), stopped_early=True)
+    assert choice.diverged_index == cut - 1 and choice.min_index == 70
+    with pytest.raises(LRFinderError, match="never diverged"):
+        choose_lr_max(lrs[:cut].tolist(), loss[:cut].tolist())
+
+
+def test_nan_within_the_first_points_says_what_to_change():
+    lrs, loss = made_up_curve()
+    loss = loss.tolist()
+    loss[8:] = [float("nan")] * (len(loss) - 8)
     with pytest.raises(LRFinderError) as caught:
-        choose_lr_max(lrs, losses)
-    message = str(caught.value)
-    assert "--lr-find-end" in message and "8 usable points" in message
-    assert f"{lrs[8]:.3g}" in message  # where it diverged
-
-
-def test_choose_lr_max_with_a_short_curve_raises():
-    lrs, losses = made_up_curve(n=SKIP_START + SKIP_END + 1, minimum_at=12)
-    with pytest.raises(LRFinderError, match="--lr-find-end"):
-        choose_lr_max(lrs, losses)
+        choose_lr_max(lrs.tolist(), loss)
+    assert "--lr-find-end" in str(caught.value) and f"{lrs[8]:.3g}" in str(caught.value)

@@ -65,12 +65,21 @@ def test_history(tmp_path):
 def test_lr_finder(rng, tmp_path):
     lrs = np.geomspace(1e-4, 10, 100)
     losses = 2.3 - 0.8 * np.exp(-((np.log10(lrs) + 0.5) ** 2)) + np.where(lrs > 1, (lrs - 1) ** 2, 0)
-    fig = plots.plot_lr_finder(lrs.tolist(), losses.tolist(), lr_max=0.34, lr_min=0.0034,
-                               rule="LRMAX: the LR of the steepest descent of the smoothed loss")
-    texts = [t.get_text() for t in fig.axes[0].texts]
-    assert "LRMAX = 3.4e-01" in texts and "LRMIN = 3.4e-03" in texts
+    raw = losses + rng.normal(0, 0.05, losses.size)
+    fig = plots.plot_lr_finder(lrs.tolist(), losses.tolist(), lr_max=0.34, lr_min=0.0034, rule="the rule",
+                               raw_losses=raw.tolist(), diverged_lr=1.5, steepest_lr=0.05)
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert {"LRMAX = 0.34", "LRMIN = 0.0034", "diverged at 1.5", "steepest descent\n(torch-lr-finder) 0.05"} <= set(texts)
+    labels = ax.get_legend_handles_labels()[1]
+    assert {"raw loss (per batch)", "smoothed loss", "diverged: ignored by the rule"} <= set(labels)
+    assert "the rule" in [t.get_text() for t in fig.texts]
     _save(fig, tmp_path, "lr_finder")
-    _save(plots.plot_lr_finder(lrs.tolist(), losses.tolist(), lr_max=0.34), tmp_path, "lr_finder_no_min")
+    # an old record: smoothed curve only, no divergence point
+    old = plots.plot_lr_finder(lrs.tolist(), losses.tolist(), lr_max=0.34)
+    assert [t.get_text() for t in old.axes[0].texts] == ["LRMAX = 0.34"]
+    assert old.axes[0].get_legend_handles_labels()[1] == ["smoothed loss"]
+    _save(old, tmp_path, "lr_finder_old_record")
 
 
 def test_lr_schedule(tmp_path):

@@ -93,6 +93,9 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tree, tmp_path):
     assert got["lr_per_step"] == want["lr_per_step"]
     for key in ("test_acc", "tta_test_acc", "confusion_matrix", "misclassified", "lr_max", "lr_min", "mean", "std"):
         assert got[key] == want[key], key
+    # the code that ran it: at the start, and again at the resume
+    assert [entry["from_epoch"] for entry in got["commit"]] == [0, at_kill]
+    assert [entry["from_epoch"] for entry in want["commit"]] == [0]
 
     mine, theirs = load_checkpoint(killed_dir / "checkpoint.pt"), load_checkpoint(reference_dir / "checkpoint.pt")
     assert mine["epoch"] == theirs["epoch"] == 3

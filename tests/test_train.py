@@ -14,6 +14,7 @@ from modular import pipeline
 from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.device import select_runtime
+from modular.provenance import code_version
 from modular.train import TABLE_HEADER
 
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
@@ -64,6 +65,7 @@ def test_run_json_has_every_field(run):
     assert isinstance(record["hardware"], str) and record["hardware"]
     assert {"python", "torch", "numpy"} <= set(record["versions"])
     assert record["wall_seconds"] > 0
+    assert record["commit"] == [code_version()]             # this checkout, written at the start
     assert record["best_test_acc"] == max(row["test_acc"] for row in record["history"])
     assert 0.0 <= record["tta_test_acc"] <= 100.0
 

@@ -1,0 +1,39 @@
+"""The commit recorded with every run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import helpers  # noqa: F401  (environment and sys.path)
+
+from modular import provenance
+
+
+def test_code_version_names_this_checkouts_head():
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=provenance.ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=provenance.ROOT, capture_output=True, text=True).stdout
+    version = provenance.code_version(from_epoch=3)
+    assert version == {"commit": head, "clean": dirty.strip() == "", "from_epoch": 3}
+    assert len(version["commit"]) == 40
+
+
+def test_a_changed_file_makes_the_tree_unclean(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    monkeypatch.setattr(provenance, "ROOT", repo)
+    assert provenance.code_version()["clean"] is True
+    (repo / "a.py").write_text("x = 2\n")
+    assert provenance.code_version()["clean"] is False
+
+
+def test_outside_a_checkout_both_are_none(tmp_path, monkeypatch):
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert provenance.code_version() == {"commit": None, "clean": None, "from_epoch": 0}
+    assert shutil.which("git")
