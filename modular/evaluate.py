@@ -13,7 +13,9 @@ import torch.nn.functional as F
 class Predictions:
     logits: np.ndarray      # N x classes, float32
     labels: np.ndarray      # N, int64
-    loss: float             # the criterion averaged per sample
+    loss: float             # the criterion (the training loss, label smoothing included), per sample
+    cross_entropy: float    # plain cross-entropy, per sample: the "test loss" a reader expects
+    tta_logits: np.ndarray | None = None  # log of the mean softmax of each image and its mirror
 
     @property
     def predicted(self) -> np.ndarray:
@@ -24,17 +26,24 @@ class Predictions:
         """Percent of correct predictions."""
         return 100.0 * float((self.predicted == self.labels).mean())
 
+    @property
+    def tta_accuracy(self) -> float:
+        """Percent correct with flip TTA (``predict(..., flip_tta=True)`` only)."""
+        return 100.0 * float((self.tta_logits.argmax(1) == self.labels).mean())
+
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, runtime, criterion: torch.nn.Module | None = None,
             flip_tta: bool = False) -> Predictions:
-    """Logits for every sample of ``loader`` in order. ``flip_tta`` averages the softmax of each
-    image and its mirror (returned as log-probabilities). ``loss`` uses ``criterion`` (default
-    cross-entropy) summed over samples, divided by N."""
+    """Logits for every sample of ``loader`` in order, with the mean ``criterion`` (default: plain
+    cross-entropy) and the mean plain cross-entropy. ``flip_tta`` also runs each mirrored image
+    once and keeps the log of the two softmaxes' mean (two forward passes per batch in all)."""
     criterion = criterion or torch.nn.CrossEntropyLoss()
     was_training = model.training
     model.eval()
-    outputs, labels, loss_sum = [], [], 0.0
+    outputs, mirrored_outputs, labels = [], [], []
+    loss_sum = torch.zeros((), device=runtime.device)
+    ce_sum = torch.zeros((), device=runtime.device)
     try:
         for images, targets in loader:
             images, targets = runtime.to_device(images), targets.to(runtime.device, non_blocking=True)
@@ -42,14 +51,18 @@ def predict(model: torch.nn.Module, loader, runtime, criterion: torch.nn.Module 
                 logits = model(images).float()
                 if flip_tta:
                     mirrored = model(torch.flip(images, dims=[3])).float()
-                    logits = torch.log((F.softmax(logits, 1) + F.softmax(mirrored, 1)) / 2)
-            loss_sum += float(criterion(logits, targets)) * len(targets)  # batch mean x size = batch sum
+                    tta = torch.log((F.softmax(logits, 1) + F.softmax(mirrored, 1)) / 2)
+                    mirrored_outputs.append(tta.cpu())
+            loss_sum += criterion(logits, targets) * len(targets)  # batch mean x size = batch sum
+            ce_sum += F.cross_entropy(logits, targets, reduction="sum")
             outputs.append(logits.cpu())
             labels.append(targets.cpu())
     finally:
         model.train(was_training)
-    n = sum(len(t) for t in labels)
-    return Predictions(torch.cat(outputs).numpy(), torch.cat(labels).numpy(), loss_sum / max(n, 1))
+    n = max(sum(len(t) for t in labels), 1)
+    tta_logits = torch.cat(mirrored_outputs).numpy() if flip_tta else None
+    return Predictions(torch.cat(outputs).numpy(), torch.cat(labels).numpy(), float(loss_sum) / n, float(ce_sum) / n,
+                       tta_logits)
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -70,13 +83,13 @@ def misclassified(labels: np.ndarray, predicted: np.ndarray) -> list[dict[str, i
 
 def full_evaluation(model, loader, runtime, classes, criterion=None) -> dict:
     """Everything the run record holds about the test set, accuracies in percent."""
-    plain = predict(model, loader, runtime, criterion)
-    tta = predict(model, loader, runtime, criterion, flip_tta=True)
+    plain = predict(model, loader, runtime, criterion, flip_tta=True)
     matrix = confusion_matrix(plain.labels, plain.predicted, len(classes))
     return {
         "test_acc": plain.accuracy,
         "test_loss": plain.loss,
-        "tta_test_acc": tta.accuracy,
+        "test_ce": plain.cross_entropy,
+        "tta_test_acc": plain.tta_accuracy,
         "per_class_acc": per_class_accuracy(matrix, classes),
         "confusion_matrix": matrix.tolist(),
         "misclassified": misclassified(plain.labels, plain.predicted),

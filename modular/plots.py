@@ -131,15 +131,18 @@ def plot_misclassified(images: Any, predicted: Sequence[Any], actual: Sequence[A
 def plot_history(history: Sequence[Mapping[str, float]]) -> Figure:
     """Loss and accuracy per epoch, train and test, side by side; the best test accuracy marked.
 
-    Rows as ``train.fit`` records them: epoch (from 1), train_loss, train_acc, test_loss, test_acc;
-    accuracies in percent.
+    Rows as ``train.fit`` records them: epoch (from 1), train_loss, train_acc, test_loss, test_acc,
+    and test_ce where recorded (older records lack it); accuracies in percent. The losses are the
+    training criterion (label smoothing included); the test's plain cross-entropy is drawn beside them.
     """
     epochs = np.array([row["epoch"] for row in history])
     fig = _figure(height=3.6)
     loss_ax, acc_ax = fig.subplots(1, 2)
 
-    loss_ax.plot(epochs, [row["train_loss"] for row in history], "o-", ms=3, label="train")
-    loss_ax.plot(epochs, [row["test_loss"] for row in history], "o-", ms=3, label="test")
+    loss_ax.plot(epochs, [row["train_loss"] for row in history], "o-", ms=3, label="train (label-smoothed)")
+    loss_ax.plot(epochs, [row["test_loss"] for row in history], "o-", ms=3, label="test (label-smoothed)")
+    if all("test_ce" in row for row in history):
+        loss_ax.plot(epochs, [row["test_ce"] for row in history], "s--", ms=3, label="test, plain cross-entropy")
     loss_ax.set(title="Loss", xlabel="epoch", ylabel="loss")
 
     train_acc = np.array([row["train_acc"] for row in history], float)

@@ -97,12 +97,15 @@ def train_epoch(model, loader, optimizer, scheduler, criterion, scaler, runtime:
     return EpochStats(float(loss_sum) / seen, 100.0 * int(correct) / seen, lrs)
 
 
-TABLE_HEADER = f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'test loss':>9}  {'test acc':>8}  {'lr':>9}  {'time':>6}"
+# "loss" is the training criterion (label smoothing included); "CE" the plain cross-entropy on the test set
+TABLE_HEADER = (f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'test loss':>9}  {'test CE':>7}  {'test acc':>8}  "
+                f"{'lr':>9}  {'time':>6}")
 
 
 def format_epoch(row: dict) -> str:
+    test_ce = f"{row['test_ce']:>7.4f}" if "test_ce" in row else f"{'-':>7}"  # older records lack it
     return (f"{row['epoch']:>5}  {row['train_loss']:>10.4f}  {row['train_acc']:>8.2f}%  {row['test_loss']:>9.4f}  "
-            f"{row['test_acc']:>7.2f}%  {row['lr']:>9.2e}  {row['seconds']:>5.0f}s")
+            f"{test_ce}  {row['test_acc']:>7.2f}%  {row['lr']:>9.2e}  {row['seconds']:>5.0f}s")
 
 
 def format_history(history: list[dict]) -> str:
@@ -162,7 +165,7 @@ def fit(model: torch.nn.Module, train_loader, test_loader, cfg: Config, runtime:
                 raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {len(train_loader)} "
                                       "(the test loss after the epoch's last step); lower --max-lr")
             row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy,
-                   "test_loss": test.loss, "test_acc": test.accuracy, "lr": stats.lrs[-1],
+                   "test_loss": test.loss, "test_ce": test.cross_entropy, "test_acc": test.accuracy, "lr": stats.lrs[-1],
                    "seconds": time.perf_counter() - began}
             history.append(row)
             lr_per_step.extend(stats.lrs)

@@ -17,7 +17,7 @@ from modular.device import select_runtime
 from modular.provenance import code_version
 from modular.train import TABLE_HEADER
 
-HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_ce", "test_acc", "lr", "seconds"}
 RECORD_KEYS = {"config", "lr_max", "lr_min", "history", "lr_per_step", "test_acc", "best_test_acc", "tta_test_acc",
                "per_class_acc", "confusion_matrix", "misclassified", "wall_seconds", "device", "hardware",
                "versions", "seed"}
@@ -38,6 +38,7 @@ def test_fit_learns_the_synthetic_classes(run):
     # the final evaluation sees the same model as the last epoch's test pass
     assert run.record["test_acc"] == pytest.approx(history[-1]["test_acc"])
     assert run.record["test_loss"] == pytest.approx(history[-1]["test_loss"], rel=1e-5)
+    assert run.record["test_ce"] == pytest.approx(history[-1]["test_ce"], rel=1e-5)
 
 
 def test_history_rows(run):
