@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from modular.config import Config
-from modular.data import make_loaders, synthetic_cifar10
+from modular.data import default_workers, make_loaders, synthetic_cifar10
 from modular.device import Runtime, hardware_name, select_runtime, versions
-from modular.train import build_criterion, build_optimizer, train_step
+from modular.train import Trainer, build_criterion, build_optimizer
 from modular.transforms import test_transforms, train_transforms
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
@@ -44,10 +45,9 @@ class StepTimer:
 
         self.runtime = runtime
         self.model = runtime.prepare_model(new_model(cfg))
-        self.step_model = torch.compile(self.model) if compile_model else self.model
-        self.optimizer = build_optimizer(self.model, cfg, 0.01)
-        self.criterion = build_criterion(cfg)
-        self.scaler = runtime.grad_scaler()
+        self.trainer = Trainer(torch.compile(self.model) if compile_model else self.model,
+                               build_optimizer(self.model, cfg, 0.01, fused=runtime.fused_optimizer),
+                               build_criterion(cfg), runtime.grad_scaler(), runtime)
         generator = torch.Generator().manual_seed(0)
         self.images = runtime.to_device(torch.randn(batch_size, 3, 32, 32, generator=generator))
         self.targets = torch.randint(0, 10, (batch_size,), generator=generator).to(runtime.device)
@@ -60,8 +60,7 @@ class StepTimer:
         self._sync()
         began = time.perf_counter()
         for _ in range(steps):
-            train_step(self.step_model, self.images, self.targets, self.optimizer, self.criterion, self.scaler,
-                       self.runtime)
+            self.trainer.step(self.images, self.targets)
         self._sync()
         return steps * len(self.targets) / (time.perf_counter() - began)
 
@@ -72,21 +71,37 @@ class StepTimer:
         began = time.perf_counter()
         for _ in range(steps):
             with self.runtime.autocast():
-                self.step_model(self.images)
+                self.trainer.model(self.images)
         self._sync()
         self.model.train()
         return steps * len(self.targets) / (time.perf_counter() - began)
 
 
-def data_images_per_s(cfg: Config, device: torch.device, n_images: int = 8192) -> float:
+def data_images_per_s(cfg: Config, runtime: Runtime, n_images: int = 8192) -> float:
     """The training DataLoader (albumentations + the trainer's workers) over synthetic images."""
     data = synthetic_cifar10(n_train=n_images, n_test=10, seed=0)
     mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-    loader, _ = make_loaders(data, train_transforms(mean, std, seed=0), test_transforms(mean, std), cfg, device)
+    loader, _ = make_loaders(data, train_transforms(mean, std, seed=0), test_transforms(mean, std), cfg, runtime)
     next(iter(loader))  # start workers, if any, outside the timing
     began = time.perf_counter()
     count = sum(len(labels) for _, labels in loader)
     return count / (time.perf_counter() - began)
+
+
+@dataclass(frozen=True)
+class Feed:
+    images_per_s: float   # the training rate the run can sustain
+    limited_by: str       # "training step" or "data pipeline"
+
+
+def estimate_feed(step_images_per_s: float, data_images_per_s: float, workers: int) -> Feed:
+    """What a run sustains given the step alone (a batch already on the device) and the data pipeline.
+    With worker processes the two overlap and the slower one sets the pace; with none (the CPU
+    default) they take turns in one process, so their times add up."""
+    limited_by = "training step" if step_images_per_s <= data_images_per_s else "data pipeline"
+    if workers > 0:
+        return Feed(min(step_images_per_s, data_images_per_s), limited_by)
+    return Feed(1 / (1 / step_images_per_s + 1 / data_images_per_s), limited_by)
 
 
 def run_benchmark(output_dir: Path, batch_size: int = 512, device: str = "auto", repeats: int = 5,
@@ -110,10 +125,11 @@ def run_benchmark(output_dir: Path, batch_size: int = 512, device: str = "auto",
         log(f"  repeat {repeat + 1}/{repeats}: " + ", ".join(f"{n} {v[-1]:.0f} img/s" for n, v in samples.items()))
     train = {name: statistics.median(values) for name, values in samples.items()}
     evaluation = statistics.median(timers["default"].eval_images_per_s(2) for _ in range(repeats))
-    data = data_images_per_s(cfg, fast.device)
+    data = data_images_per_s(cfg, fast)
     flops = training_flops_per_image(timers["baseline"].model)
-    epoch_seconds = CIFAR_TRAIN / train["default"] + CIFAR_TEST / evaluation
-    range_test_seconds = Config.lr_find_iters * batch_size / train["default"]
+    feed = estimate_feed(train["default"], data, workers=default_workers(fast.device))
+    epoch_seconds = CIFAR_TRAIN / feed.images_per_s + CIFAR_TEST / evaluation
+    range_test_seconds = Config.lr_find_iters * batch_size / feed.images_per_s
     record = {
         "device": fast.device.type,
         "hardware": hardware_name(fast.device),
@@ -129,6 +145,8 @@ def run_benchmark(output_dir: Path, batch_size: int = 512, device: str = "auto",
         "eval_images_per_s": evaluation,
         "data_images_per_s": data,
         "data_to_train_ratio": data / train["default"],
+        "limited_by": feed.limited_by,
+        "fed_train_images_per_s": feed.images_per_s,
         "train_gflop_per_image": flops / 1e9,
         "gflops_per_s": flops * train["default"] / 1e9,
         "est_epoch_seconds": epoch_seconds,
@@ -155,7 +173,8 @@ def format_bench(r: dict) -> str:
         ("data pipeline (albumentations + DataLoader)", f"{r['data_images_per_s']:.0f} img/s "
                                                          f"({r['data_to_train_ratio']:.0f}x the step)"),
         ("achieved, training step", f"{r['gflops_per_s']:.0f} GFLOP/s ({r['train_gflop_per_image']:.2f} GFLOP/image)"),
-        ("estimated 24-epoch run with evaluation", f"{r['est_full_run_hours']:.2f} h"),
+        ("estimated 24-epoch run with evaluation", f"{r['est_full_run_hours']:.2f} h"
+                                                   + (f", limited by the {r['limited_by']}" if "limited_by" in r else "")),
     ]
     if "compiled_train_images_per_s" in r:
         rows.insert(3, ("training step, torch.compile", f"{r['compiled_train_images_per_s']:.0f} img/s "

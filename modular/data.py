@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from modular.config import CIFAR10_CLASSES, Config, ConfigError
+from modular.device import Runtime
 from modular.transforms import reseed
 
 ACCEPTED_LAYOUTS = (
@@ -308,12 +309,30 @@ def default_workers(device: torch.device) -> int:
     return min(4, os.cpu_count() or 1)
 
 
+class Collate:
+    """Stack samples into one batch already in the run's memory layout, so that pinning and the copy
+    to the device keep it (both preserve strides) and no second copy on the device is needed.
+    ToTensorV2 returns CHW views of HWC arrays: stacking those as NHWC is a single copy."""
+
+    def __init__(self, memory_format: torch.memory_format = torch.contiguous_format):
+        self.memory_format = memory_format
+
+    def __call__(self, samples):
+        images, labels = zip(*samples)
+        if self.memory_format == torch.channels_last:
+            batch = torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+        else:
+            batch = torch.stack(images)
+        return batch, torch.tensor(labels, dtype=torch.long)
+
+
 def make_loaders(data: CifarData, train_transform, test_transform, cfg: Config,
-                 device: torch.device) -> tuple[DataLoader, DataLoader]:
-    """Training loader (shuffled per epoch, augmented) and test loader (in order)."""
-    workers = default_workers(device) if cfg.workers is None else cfg.workers
-    common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=device.type == "cuda",
-                  persistent_workers=workers > 0)
+                 runtime: Runtime) -> tuple[DataLoader, DataLoader]:
+    """Training loader (shuffled per epoch, augmented) and test loader (in order), collating in the
+    run's layout into pinned memory where the device is a GPU."""
+    workers = default_workers(runtime.device) if cfg.workers is None else cfg.workers
+    common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=runtime.pin_memory,
+                  persistent_workers=workers > 0, collate_fn=Collate(runtime.memory_format))
     train_set = CifarDataset(data.train_images, data.train_labels, train_transform, cfg.seed)
     test_set = CifarDataset(data.test_images, data.test_labels, test_transform, cfg.seed)
     train_loader = DataLoader(train_set, sampler=EpochSampler(len(train_set), True, cfg.seed), **common)

@@ -30,10 +30,27 @@ class Runtime:
     def grad_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device.type, enabled=self.needs_grad_scaler)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def pin_memory(self) -> bool:
+        """Pinned host memory makes the copy to a CUDA GPU asynchronous."""
+        return self.device.type == "cuda"
+
+    @property
+    def fused_optimizer(self) -> bool:
+        """A fused optimizer takes GradScaler's inf check as a tensor (``_step_supports_amp_scaling``),
+        so an fp16 step never waits for the GPU; on CUDA it is also the fastest update."""
+        return self.device.type == "cuda" or self.needs_grad_scaler
+
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
-        """Move a batch to the device (non-blocking from pinned memory) in the run's layout."""
+        """Move a batch to the device, non-blocking from pinned memory. The loaders already collate in
+        the run's layout (``memory_format``), so this is the batch's only copy; the format call below
+        is then a no-op, kept for batches built elsewhere."""
         images = images.to(self.device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        return images.contiguous(memory_format=self.memory_format)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
@@ -55,6 +72,18 @@ def cpu_supports_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: A100, A10, L4, H100, RTX 30xx and later
+
+
+def cuda_autocast_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """bf16 from compute capability 8.0 on, fp16 (with a GradScaler) below it.
+
+    Not ``torch.cuda.is_bf16_supported()``: by default it also counts emulated bf16, so it says
+    True on a T4 (7.5) or V100 (7.0), where cuDNN has no bf16 convolutions; their tensor cores run fp16.
+    """
+    return torch.bfloat16 if tuple(capability) >= BF16_MIN_CAPABILITY else torch.float16
+
+
 def select_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """``device`` auto|cpu|cuda|mps; ``precision`` auto (fastest safe autocast) or fp32."""
     if device == "auto":
@@ -67,12 +96,12 @@ def select_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     fast = precision == "auto"
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if fast else None
+        dtype = cuda_autocast_dtype(torch.cuda.get_device_capability()) if fast else None
         return Runtime(torch.device("cuda"), dtype, channels_last=True)
     if device == "mps":
         return Runtime(torch.device("mps"), None, channels_last=False)
     dtype = torch.bfloat16 if fast and cpu_supports_bf16() else None
-    # channels_last pays off with bf16 (oneDNN); measured on this CPU it also helps fp32 a little
+    # channels_last is what oneDNN's bf16 kernels want; fp32 stays NCHW, the layout `bench` measures as its baseline
     return Runtime(torch.device("cpu"), dtype, channels_last=dtype is not None)
 
 

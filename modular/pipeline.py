@@ -74,7 +74,7 @@ def setup(cfg: Config, data: CifarData | None = None, mean=None, std=None) -> Se
         mean, std = channel_stats(data.train_images)
     train_tf = train_transforms(mean, std, cfg.cutout_p, cfg.cutout_size, seed=cfg.seed)
     test_tf = test_transforms(mean, std)
-    train_loader, test_loader = make_loaders(data, train_tf, test_tf, cfg, runtime.device)
+    train_loader, test_loader = make_loaders(data, train_tf, test_tf, cfg, runtime)
     return Setup(cfg, runtime, data, tuple(mean), tuple(std), train_tf, test_tf, train_loader, test_loader)
 
 

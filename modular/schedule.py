@@ -13,7 +13,7 @@ def one_cycle(optimizer: torch.optim.Optimizer, cfg: Config, max_lr: float, step
     on the last step of ``cfg.resolved_peak_epoch``, ends at LRMIN / final_div_factor.
 
     With the peak on the last epoch (allowed, but not the default) the schedule is warm-up only.
-    Step it once per batch and never after the last batch: one step more extrapolates below
+    Step it with ``advance`` once per batch: one step past the last batch would extrapolate below
     the final LR (the original logged a negative LR that way).
     """
     return OneCycleLR(
@@ -31,15 +31,19 @@ def one_cycle(optimizer: torch.optim.Optimizer, cfg: Config, max_lr: float, step
     )
 
 
+def advance(scheduler: OneCycleLR) -> None:
+    """Step the schedule to the next batch's LR, unless the batch just done was its last."""
+    if scheduler.last_epoch + 1 < scheduler.total_steps:
+        scheduler.step()
+
+
 def planned_lrs(cfg: Config, max_lr: float, steps_per_epoch: int) -> list[float]:
     """The LR of every step the schedule will use, from a throwaway optimizer (no training)."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=max_lr)
     scheduler = one_cycle(optimizer, cfg, max_lr, steps_per_epoch)
-    total = cfg.epochs * steps_per_epoch
     lrs = []
-    for step in range(total):
+    for _ in range(cfg.epochs * steps_per_epoch):
         lrs.append(scheduler.get_last_lr()[0])
-        if step < total - 1:
-            optimizer.step()
-            scheduler.step()
+        optimizer.step()
+        advance(scheduler)
     return lrs

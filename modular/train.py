@@ -19,19 +19,39 @@ from modular.checkpoint import load_model_state, save_checkpoint
 from modular.config import Config
 from modular.device import Runtime
 from modular.evaluate import predict
-from modular.schedule import one_cycle
+from modular.schedule import advance, one_cycle
 
 
 class DivergenceError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (Page's recipe, default) or Adam (the original's)."""
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.adam_weight_decay)
+def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (Page's recipe, default) or Adam (the original's). ``fused``: the
+    single-kernel update (``Runtime.fused_optimizer`` decides), which also lets GradScaler step without
+    reading its inf check back to the host."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.adam_weight_decay, fused=fused or None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                weight_decay=cfg.weight_decay, fused=fused or None)  # None: torch picks foreach
+    if fused and cfg.momentum:
+        # Fused SGD allocates its momentum buffers uninitialised on the first step and keeps them even
+        # when GradScaler skips that step (fp16's first steps overflow as the scale calibrates); the
+        # next step then adds that garbage to the weights (torch 2.14; tests/test_gpu_path.py shows it).
+        # Zeros give the same first update as a fresh buffer (0.9 * 0 + grad = grad), and a skipped
+        # step leaves them as they are.
+        for param in model.parameters():
+            optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    return optimizer
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore a checkpoint's optimizer state, keeping this run's choice of fused kernels (the saved
+    param groups carry the flag of the run that wrote them, possibly on another device)."""
+    fused = [group.get("fused") for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, flag in zip(optimizer.param_groups, fused):
+        group["fused"] = flag
 
 
 def build_criterion(cfg: Config) -> torch.nn.Module:
@@ -51,49 +71,69 @@ class EpochStats:
     lrs: list[float] = field(default_factory=list)
 
 
-def train_step(model, images, targets, optimizer, criterion, scaler, runtime: Runtime):
-    """Forward under the run's autocast, backward, optimizer step; returns (loss, logits), detached.
+@dataclass
+class Trainer:
+    """The pieces every training step shares."""
+    model: torch.nn.Module           # what the steps call: the model, or its torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    criterion: torch.nn.Module
+    scaler: torch.amp.GradScaler     # enabled on the fp16 path only
+    runtime: Runtime
 
-    A non-finite loss is returned as it is: the caller stops the run and names the step (the
-    weights in memory are spoiled by then; the last checkpoint on disk is not).
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward under the run's autocast, backward, optimizer step; returns (loss, logits), detached
+        and still on the device. Nothing here reads a value back to the host."""
+        with self.runtime.autocast():
+            logits = self.model(images)
+            loss = self.criterion(logits, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), logits.detach()
+
+
+READ_EVERY = 25  # steps between reads of the running loss on the host (progress bar, NaN check)
+
+
+def train_epoch(trainer: Trainer, loader, scheduler, epoch: int, show_progress: bool = False) -> EpochStats:
+    """One pass over ``loader``, the schedule advanced after every batch.
+
+    Loss sums, correct counts and the first step with a non-finite loss stay on the device; the
+    host reads them every READ_EVERY steps and at the end, so a GPU never waits for the CPU inside
+    the loop. A NaN/inf loss raises DivergenceError naming its step (the weights in memory are
+    spoiled by then; the last checkpoint on disk is not).
     """
-    with runtime.autocast():
-        logits = model(images)
-        loss = criterion(logits, targets)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach(), logits.detach()
-
-
-def train_epoch(model, loader, optimizer, scheduler, criterion, scaler, runtime: Runtime, epoch: int,
-                is_last_epoch: bool, show_progress: bool) -> EpochStats:
-    """One pass over ``loader``; the scheduler steps after every batch except the run's very last."""
     from tqdm.auto import tqdm
 
-    model.train()
+    runtime = trainer.runtime
+    trainer.model.train()
     loader.sampler.set_epoch(epoch)
     steps = len(loader)
     loss_sum = torch.zeros((), device=runtime.device)
     correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+    first_bad = torch.zeros((), device=runtime.device, dtype=torch.long)  # 0: every loss so far finite
     seen = 0
     lrs: list[float] = []
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress, dynamic_ncols=True)
-    for step, (images, targets) in enumerate(bar, start=1):
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not show_progress, dynamic_ncols=True)
+    for step, (images, targets) in enumerate(loader, start=1):
         images, targets = runtime.to_device(images), targets.to(runtime.device, non_blocking=True)
-        lr = optimizer.param_groups[0]["lr"]  # the LR this step uses, recorded before stepping
-        loss, logits = train_step(model, images, targets, optimizer, criterion, scaler, runtime)
-        if not math.isfinite(loss_value := float(loss)):
-            raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {step}; lower --max-lr")
-        if not (is_last_epoch and step == steps):  # one step more would extrapolate below the final LR
-            scheduler.step()
-        lrs.append(lr)
-        loss_sum += loss * len(targets)
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])  # the LR this step uses, recorded before stepping
+        loss, logits = trainer.step(images, targets)
+        advance(scheduler)
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
+        loss_sum += loss.float() * len(targets)
         correct += (logits.argmax(1) == targets).sum()
         seen += len(targets)
-        if show_progress:
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", acc=f"{100 * int(correct) / seen:.1f}%")
+        if step % READ_EVERY == 0 or step == steps:
+            if bad_step := int(first_bad):
+                bar.close()
+                raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {bad_step}; lower --max-lr")
+            if show_progress:
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", lr=f"{lrs[-1]:.2e}",
+                                acc=f"{100 * int(correct) / seen:.1f}%")
+        bar.update(1)
+    bar.close()
     return EpochStats(float(loss_sum) / seen, 100.0 * int(correct) / seen, lrs)
 
 
@@ -106,11 +146,6 @@ def format_epoch(row: dict) -> str:
     test_ce = f"{row['test_ce']:>7.4f}" if "test_ce" in row else f"{'-':>7}"  # older records lack it
     return (f"{row['epoch']:>5}  {row['train_loss']:>10.4f}  {row['train_acc']:>8.2f}%  {row['test_loss']:>9.4f}  "
             f"{test_ce}  {row['test_acc']:>7.2f}%  {row['lr']:>9.2e}  {row['seconds']:>5.0f}s")
-
-
-def format_history(history: list[dict]) -> str:
-    """The per-epoch table, as printed during training."""
-    return "\n".join([TABLE_HEADER] + [format_epoch(row) for row in history])
 
 
 @dataclass
@@ -131,7 +166,7 @@ def fit(model: torch.nn.Module, train_loader, test_loader, cfg: Config, runtime:
     """
     show_progress = interactive() if show_progress is None else show_progress
     model = runtime.prepare_model(model)
-    optimizer = build_optimizer(model, cfg, max_lr / cfg.div_factor)
+    optimizer = build_optimizer(model, cfg, max_lr / cfg.div_factor, fused=runtime.fused_optimizer)
     scheduler = one_cycle(optimizer, cfg, max_lr, len(train_loader))
     scaler = runtime.grad_scaler()
     criterion = build_criterion(cfg)
@@ -140,14 +175,14 @@ def fit(model: torch.nn.Module, train_loader, test_loader, cfg: Config, runtime:
     start = 0
     if resume_state is not None:
         load_model_state(model, resume_state, checkpoint_path)
-        optimizer.load_state_dict(resume_state["optimizer"])
+        load_optimizer_state(optimizer, resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         if resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
         torch.set_rng_state(resume_state["rng"]["torch"])
         history, lr_per_step = list(resume_state["history"]), list(resume_state["lr_per_step"])
         start = int(resume_state["epoch"])
-    step_model = torch.compile(model) if cfg.compile else model
+    trainer = Trainer(torch.compile(model) if cfg.compile else model, optimizer, criterion, scaler, runtime)
 
     log(TABLE_HEADER)
     for row in history:
@@ -158,9 +193,8 @@ def fit(model: torch.nn.Module, train_loader, test_loader, cfg: Config, runtime:
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
         for epoch in range(start + 1, cfg.epochs + 1):
             began = time.perf_counter()
-            stats = train_epoch(step_model, train_loader, optimizer, scheduler, criterion, scaler, runtime,
-                                epoch, epoch == cfg.epochs, show_progress)
-            test = predict(step_model, test_loader, runtime, criterion)
+            stats = train_epoch(trainer, train_loader, scheduler, epoch, show_progress)
+            test = predict(trainer.model, test_loader, runtime, criterion)
             if not math.isfinite(test.loss):  # diverged weights: keep the last good checkpoint
                 raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {len(train_loader)} "
                                       "(the test loss after the epoch's last step); lower --max-lr")

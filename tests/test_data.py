@@ -25,10 +25,11 @@ from modular.data import (
     write_tar_gz,
     write_torchvision_batches,
 )
+from modular.device import Runtime
 from modular.transforms import test_transforms as make_test_transforms
 from modular.transforms import train_transforms
 
-CPU = torch.device("cpu")
+CPU = Runtime(torch.device("cpu"), None, channels_last=False)
 
 
 def assert_same_data(loaded: CifarData, expected: CifarData) -> None:

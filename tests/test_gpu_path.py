@@ -1,0 +1,218 @@
+"""The CUDA path, tested on the CPU: precision by compute capability (CUDA queries mocked), no host
+read per training step on the fp16 path, a fused SGD that survives GradScaler's skipped first steps,
+and one copy per batch."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+
+import helpers  # noqa: F401  (environment and sys.path)
+import numpy as np
+import pytest
+import torch
+
+from modular import device as device_module
+from modular.config import Config
+from modular.data import make_loaders, synthetic_cifar10
+from modular.device import Runtime, select_runtime
+from modular.schedule import one_cycle
+from modular.train import DivergenceError, Trainer, build_criterion, build_optimizer, load_optimizer_state, train_epoch
+from modular.transforms import test_transforms as make_test_transforms
+from modular.transforms import train_transforms
+
+# name, compute capability, the autocast dtype it must get
+GPUS = [("Tesla T4", (7, 5), torch.float16), ("Tesla V100", (7, 0), torch.float16),
+        ("A100", (8, 0), torch.bfloat16), ("L4", (8, 9), torch.bfloat16), ("H100", (9, 0), torch.bfloat16)]
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Make torch.cuda report one GPU of the given compute capability. is_bf16_supported says True
+    for all of them, as torch's default (emulation counted) does on a T4: the choice must not follow it."""
+
+    def install(capability):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+    return install
+
+
+@pytest.mark.parametrize("name, capability, dtype", GPUS, ids=[g[0] for g in GPUS])
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_precision_scaler_and_layout_by_compute_capability(fake_gpu, monkeypatch, name, capability, dtype, device):
+    fake_gpu(capability)
+    runtime = select_runtime(device, "auto")
+    assert runtime.device == torch.device("cuda")
+    assert runtime.amp_dtype == dtype
+    assert runtime.needs_grad_scaler == (dtype == torch.float16)   # fp16 below 8.0 needs loss scaling
+    assert runtime.channels_last and runtime.pin_memory and runtime.fused_optimizer
+    made = []
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: made.append((device, enabled)))
+    runtime.grad_scaler()
+    assert made == [("cuda", dtype == torch.float16)]
+    assert torch.backends.cudnn.benchmark
+
+
+@pytest.mark.parametrize("name, capability, dtype", GPUS[:3], ids=[g[0] for g in GPUS[:3]])
+def test_fp32_on_a_gpu_is_fp32_without_a_scaler(fake_gpu, name, capability, dtype):
+    fake_gpu(capability)
+    runtime = select_runtime("cuda", "fp32")
+    assert runtime.amp_dtype is None and not runtime.needs_grad_scaler and runtime.channels_last
+
+
+def test_the_cpu_keeps_unpinned_memory_and_an_unfused_optimizer_without_fp16():
+    for runtime in (Runtime(torch.device("cpu"), torch.bfloat16, True), Runtime(torch.device("cpu"), None, False)):
+        assert not runtime.pin_memory and not runtime.fused_optimizer
+
+
+# --------------------------------------------------------------------------------------------
+# No host read per step (fp16 + GradScaler + fused SGD, run on the CPU)
+# --------------------------------------------------------------------------------------------
+
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "__format__")
+
+
+@contextlib.contextmanager
+def counting_host_reads():
+    """Count every Tensor method that brings a value back to the host (each would make the CPU
+    wait for a GPU)."""
+    counts: collections.Counter = collections.Counter()
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def counted(name):
+        def read(self, *args, **kwargs):
+            counts[name] += 1
+            return originals[name](self, *args, **kwargs)
+        return read
+
+    for name in HOST_READS:
+        setattr(torch.Tensor, name, counted(name))
+    try:
+        yield counts
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+class Batches(list):
+    """Fixed batches with the sampler hook train_epoch calls."""
+
+    class sampler:  # noqa: N801
+        @staticmethod
+        def set_epoch(epoch):
+            pass
+
+
+FP16 = Runtime(torch.device("cpu"), torch.float16, channels_last=True)
+
+
+def small_net() -> torch.nn.Module:
+    """Conv-BN-ReLU-pool-FC: the loop's behaviour without the full model's cost (fp16 is slow on a CPU)."""
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                               torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+
+def fp16_trainer(steps: int, fused: bool = True, max_lr: float = 0.05):
+    cfg = Config(epochs=1, batch_size=8)
+    torch.manual_seed(0)
+    model = FP16.prepare_model(small_net())
+    optimizer = build_optimizer(model, cfg, max_lr / cfg.div_factor, fused=fused)
+    trainer = Trainer(model, optimizer, build_criterion(cfg), FP16.grad_scaler(), FP16)
+    g = torch.Generator().manual_seed(1)
+    batches = Batches([(torch.randn(8, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last),
+                        torch.randint(0, 10, (8,), generator=g)) for _ in range(steps)])
+    return trainer, one_cycle(optimizer, cfg, max_lr, steps), batches
+
+
+def host_reads_in_an_epoch(steps: int, fused: bool = True) -> int:
+    trainer, scheduler, batches = fp16_trainer(steps, fused)
+    assert trainer.scaler.is_enabled() and trainer.runtime.needs_grad_scaler
+    with counting_host_reads() as counts:
+        train_epoch(trainer, batches, scheduler, epoch=1)
+    return sum(counts.values())
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_the_fp16_training_loop_reads_nothing_back_per_step():
+    """4 steps or 12: the same handful of reads, all at the end of the epoch."""
+    assert host_reads_in_an_epoch(4) == host_reads_in_an_epoch(12) <= 5
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_the_host_read_counter_sees_an_unfused_gradscaler_step():
+    """The check above can fail: with plain SGD, GradScaler reads its inf check back every step."""
+    assert host_reads_in_an_epoch(12, fused=False) - host_reads_in_an_epoch(4, fused=False) >= 8
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_fused_sgd_survives_skipped_first_steps_like_plain_sgd():
+    """GradScaler's first fp16 steps overflow and are skipped; fused SGD must then train exactly as
+    plain SGD does (without the zeroed momentum buffers it adds uninitialised memory to the weights)."""
+    weights = []
+    for fused in (True, False):
+        trainer, scheduler, batches = fp16_trainer(6, fused)
+        train_epoch(trainer, batches, scheduler, epoch=1)
+        assert trainer.scaler.get_scale() < 65536.0  # some steps were skipped
+        weights.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
+    assert torch.isfinite(weights[0]).all()
+    assert torch.allclose(weights[0], weights[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_a_nan_loss_is_reported_at_its_own_step_though_read_later(monkeypatch):
+    trainer, scheduler, batches = fp16_trainer(12)
+    criterion, calls = trainer.criterion, []
+
+    def poisoned(logits, targets):
+        calls.append(1)
+        loss = criterion(logits, targets)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    trainer.criterion = poisoned
+    with pytest.raises(DivergenceError, match=r"^loss became NaN/inf at epoch 1, step 3; lower --max-lr$"):
+        train_epoch(trainer, batches, scheduler, epoch=1)
+
+
+def test_resuming_keeps_this_runs_fused_choice():
+    model = torch.nn.Linear(2, 2)
+    saved = build_optimizer(model, Config(), 0.1, fused=False).state_dict()
+    optimizer = build_optimizer(model, Config(), 0.1, fused=True)
+    load_optimizer_state(optimizer, saved)
+    assert all(group["fused"] for group in optimizer.param_groups)
+
+
+# --------------------------------------------------------------------------------------------
+# One copy per batch
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batches_arrive_in_the_runs_layout_and_moving_them_copies_nothing_more(channels_last):
+    runtime = Runtime(torch.device("cpu"), None, channels_last)
+    data = synthetic_cifar10(n_train=40, n_test=20, seed=0)
+    stats = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    train, test = make_loaders(data, train_transforms(*stats), make_test_transforms(*stats),
+                               Config(batch_size=16, workers=0), runtime)
+    for loader in (train, test):
+        images, labels = next(iter(loader))
+        assert images.shape == (16, 3, 32, 32) and labels.dtype == torch.int64
+        assert images.is_contiguous(memory_format=runtime.memory_format)
+        assert runtime.to_device(images).data_ptr() == images.data_ptr()  # no second copy
+
+
+def test_the_channels_last_collate_keeps_every_value():
+    runtime_cl, runtime_plain = (Runtime(torch.device("cpu"), None, flag) for flag in (True, False))
+    data = synthetic_cifar10(n_train=40, n_test=20, seed=0)
+    stats = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    batches = [next(iter(make_loaders(data, train_transforms(*stats), make_test_transforms(*stats),
+                                      Config(batch_size=16, workers=0), runtime)[1]))[0]
+               for runtime in (runtime_cl, runtime_plain)]
+    assert torch.equal(batches[0], batches[1])
+    assert np.isfinite(batches[0].numpy()).all()
+
+
+def test_the_gpu_decision_lives_in_device_py():
+    assert device_module.cuda_autocast_dtype((7, 5)) == torch.float16
+    assert device_module.cuda_autocast_dtype((8, 0)) == torch.bfloat16
