@@ -2,14 +2,16 @@
 
 Flags follow torchvision's reference scripts. Known failures end in one line on stderr:
 exit 2 for bad arguments or configuration, 1 for data, checkpoint or training problems,
-130 for Ctrl-C (after saying how to resume).
+130 for Ctrl-C and 143 for SIGTERM (both after saying how to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -99,23 +101,41 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**fields).validate()
 
 
-def _resume_hint() -> str:
-    argv = [a for a in sys.argv[1:] if a != "--resume"]
-    return "python -m modular " + " ".join(shlex.quote(a) for a in argv) + " --resume"
+def resume_hint(argv: list[str]) -> str:
+    """The command that continues a run started with ``argv`` (the arguments after ``python -m modular``)."""
+    return "python -m modular " + " ".join(shlex.quote(a) for a in argv if a != "--resume") + " --resume"
 
 
-def cmd_train(args, cfg: Config) -> int:
-    from modular.pipeline import run
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a job scheduler), handled like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While training: SIGTERM raises Terminated in the main thread, so the run stops between two
+    statements like Ctrl-C (the checkpoint is written atomically: the last one stays whole)."""
+    def interrupt(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cmd_train(args, cfg: Config, argv: list[str]) -> int:
+    from modular.pipeline import checkpoint_path, run
 
     try:
-        run(cfg, resume=args.resume)
-    except KeyboardInterrupt:
-        from modular.pipeline import checkpoint_path
-
+        with sigterm_as_interrupt():
+            run(cfg, resume=args.resume)
+    except KeyboardInterrupt as stop:
         path = checkpoint_path(cfg)
         saved = f"the last finished epoch is saved in {path}" if path.exists() else "no epoch had finished"
-        print(f"\ninterrupted: {saved}; resume with: {_resume_hint()}", file=sys.stderr)
-        return 130
+        print(f"\n{'terminated' if isinstance(stop, Terminated) else 'interrupted'}: {saved}; "
+              f"resume with: {resume_hint(argv)}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
     return 0
 
 
@@ -189,12 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     from modular.report import ReportError
     from modular.train import DivergenceError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command in ("train", "lr-find"):
             cfg = config_from_args(args)
-            return cmd_train(args, cfg) if args.command == "train" else cmd_lr_find(args, cfg)
+            return cmd_train(args, cfg, argv) if args.command == "train" else cmd_lr_find(args, cfg)
         return {"evaluate": cmd_evaluate, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report}[args.command](args)
     except ConfigError as error:
         args.command_parser.error(str(error))  # exit 2, like any other bad argument

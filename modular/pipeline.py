@@ -254,11 +254,12 @@ def run(cfg: Config, resume: bool = False, data: CifarData | None = None,
 # For the notebook
 # --------------------------------------------------------------------------------------------
 
-def notebook_config(quick: bool, workdir: str | Path = ".") -> Config:
+def notebook_config(quick: bool, workdir: str | Path = ".", output_dir: str | None = None) -> Config:
     """The notebook's Config. Quick mode (ERA_QUICK=1): a learnable synthetic CIFAR-10 written
     at run time (no internet), 2 epochs, a short range test, in a throwaway runs/quick that is
-    cleared each time (so an old quick run never gets resumed). Full mode: the defaults, with
-    data from $CIFAR10_DIR if set (else torchvision's download) and output in runs/headline (where the headline run lives)."""
+    cleared each time (so an old quick run never gets resumed; ``output_dir`` is not used, so a real
+    run folder is never cleared). Full mode: the defaults, with data from $CIFAR10_DIR if set (else
+    torchvision's download) and output in ``output_dir`` ($ERA_OUTPUT_DIR), else runs/headline."""
     import os
     import shutil
 
@@ -266,7 +267,7 @@ def notebook_config(quick: bool, workdir: str | Path = ".") -> Config:
 
     workdir = Path(workdir)
     if not quick:
-        return Config(data_dir=os.environ.get("CIFAR10_DIR"), output_dir=str(workdir / "runs" / "headline"))
+        return Config(data_dir=os.environ.get("CIFAR10_DIR"), output_dir=output_dir or str(workdir / "runs" / "headline"))
     out = workdir / "runs" / "quick"
     shutil.rmtree(out, ignore_errors=True)
     tree = write_image_tree(synthetic_cifar10(n_train=1000, n_test=200, seed=0), out / "data")

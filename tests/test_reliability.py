@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -109,19 +110,22 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tree, tmp_path):
 # b. Ctrl-C during training
 # --------------------------------------------------------------------------------------------
 
-def test_sigint_exits_130_says_how_to_resume_and_keeps_the_checkpoint(tree, tmp_path):
+@pytest.mark.parametrize("sent, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_says_how_to_resume_and_keeps_the_checkpoint(tree, tmp_path, sent, code, word):
     out = tmp_path / "out"
     proc = start_cli(train_args(tree, out))
     try:
         wait_for_epoch(out / "checkpoint.pt", 1, proc)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sent)
         result = finish(proc, timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert result.returncode == 130, describe(result)
+    assert result.returncode == code, describe(result)
     assert "Traceback" not in result.stderr, describe(result)
-    assert "interrupted" in result.stderr and "--resume" in result.stderr, describe(result)
+    assert f"\n{word}: the last finished epoch is saved in" in result.stderr, describe(result)
+    assert "--resume" in result.stderr, describe(result)
     assert str(out / "checkpoint.pt") in result.stderr, describe(result)
 
     state = load_checkpoint(out / "checkpoint.pt")
@@ -139,6 +143,24 @@ def test_sigint_exits_130_says_how_to_resume_and_keeps_the_checkpoint(tree, tmp_
     assert resumed.returncode == 0, describe(resumed)
     record = json.loads((out / "run.json").read_text())
     assert [row["epoch"] for row in record["history"]] == [1, 2, 3]
+
+
+def test_the_resume_hint_comes_from_mains_own_arguments(tree, tmp_path, monkeypatch, capsys):
+    """main(argv) called from Python: the hint repeats argv, not the interpreter's sys.argv; the
+    SIGTERM handler lives only while training."""
+    from modular import cli, pipeline
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run", stopped)
+    monkeypatch.setattr(sys, "argv", ["pytest", "-q", "something-else"])
+    before = signal.getsignal(signal.SIGTERM)
+    argv = ["train", "--data-dir", str(tree), "--output-dir", str(tmp_path / "a b"), "--epochs", "3"]
+    assert cli.main(argv) == 130
+    hint = capsys.readouterr().err.split("resume with:", 1)[1].strip()
+    assert shlex.split(hint) == ["python", "-m", "modular", *argv, "--resume"]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 # --------------------------------------------------------------------------------------------
