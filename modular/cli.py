@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compile", action="store_true", help="also measure torch.compile")
 
     report = commands.add_parser("report", help="write README tables from run or benchmark records")
-    report.add_argument("records", nargs="+", help="run records (results/headline.json) or benchmark records "
-                        "(results/bench-cpu.json)")
+    report.add_argument("records", nargs="+", help="one run record (results/headline.json: the Results table), "
+                        "several of one configuration (one per seed: the Seeds table), benchmark records "
+                        "(results/bench-cpu.json: the Performance table)")
     report.add_argument("--readme", default="README.md")
     for sub in commands.choices.values():  # configuration errors print the subcommand's usage
         sub.set_defaults(command_parser=sub)
@@ -195,9 +196,8 @@ def cmd_bench(args) -> int:
 def cmd_report(args) -> int:
     from modular.report import update_readme
 
-    for record in args.records:
-        section = update_readme(Path(record), Path(args.readme))
-        print(f"updated the {section} section of {args.readme} from {record}")
+    for section in update_readme([Path(r) for r in args.records], Path(args.readme)):
+        print(f"updated the {section} section of {args.readme}")
     return 0
 
 

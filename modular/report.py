@@ -1,14 +1,18 @@
 """README sections written from committed records, between marker comments, so that every
 number in the README can be regenerated from (and traced to) a file in results/.
 
-- a run record (run.json, e.g. results/headline.json) -> the Results table;
+- one run record (run.json, e.g. results/headline.json) -> the Results table;
+- several run records of one configuration, one per seed -> the Seeds table (mean, spread);
 - a benchmark record (results/bench-cpu.json) -> the Performance table.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
+
+from modular.config import Config
 
 
 class ReportError(RuntimeError):
@@ -30,6 +34,48 @@ def results_table(record: dict) -> str:
         ("Data", f"{record['data_source']}: {record['train_images']:,} train / {record['test_images']:,} test"),
     ]
     return "\n".join(["| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
+
+
+SEED_FIELDS = ("train_images", "test_images", "precision")  # besides the config, what must match to average
+
+
+def check_same_but_seed(records: list[dict], names: list[str]) -> None:
+    """ReportError unless the records differ in the seed alone: same configuration (runtime fields
+    such as paths aside), same data (image counts and channel statistics), same precision, no seed twice."""
+    first, first_cfg = records[0], Config.from_dict(records[0]["config"])
+    for record, name in zip(records[1:], names[1:]):
+        differences = [d for d in first_cfg.differences(Config.from_dict(record["config"])) if not d.startswith("seed:")]
+        differences += [f"{k}: {first[k]!r} != {record[k]!r}" for k in SEED_FIELDS if first[k] != record[k]]
+        if [round(x, 4) for x in first["std"]] != [round(x, 4) for x in record["std"]]:
+            differences.append(f"data: channel std {first['std']} != {record['std']}")
+        if differences:
+            raise ReportError(f"{name} differs from {names[0]} in more than the seed ({'; '.join(differences[:3])}); "
+                              "average only runs of one configuration on one data set")
+    seeds = [r["seed"] for r in records]
+    if len(set(seeds)) != len(seeds):
+        raise ReportError(f"seed {max(seeds, key=seeds.count)} appears twice among {', '.join(names)}")
+
+
+def seeds_table(records: list[dict], names: list[str]) -> str:
+    """One row per seed (LRMAX, test accuracy at the last epoch, flip TTA, time), then mean, sample
+    standard deviation, minimum and maximum; led by the mean in one line."""
+    check_same_but_seed(records, names)
+    records = sorted(records, key=lambda r: r["seed"])
+    acc = [r["test_acc"] for r in records]
+    tta = [r["tta_test_acc"] for r in records]
+    hours = [r["wall_seconds"] / 3600 for r in records]
+    lrs = [r["lr_max"] for r in records]
+    sd = statistics.stdev
+    epochs = len(records[0]["history"])
+    lead = (f"**{statistics.mean(acc):.2f}% ± {sd(acc):.2f}** test accuracy at epoch {epochs} (mean ± sample standard "
+            f"deviation over {len(acc)} seeds, no TTA; min {min(acc):.2f}%, max {max(acc):.2f}%), "
+            f"on {records[0]['data_source']}.")
+    rows = [f"| {r['seed']} | {r['lr_max']:.4g} | {r['test_acc']:.2f}% | {r['tta_test_acc']:.2f}% | "
+            f"{r['wall_seconds'] / 3600:.2f} h |" for r in records]
+    for label, pick in (("mean", statistics.mean), ("sample sd", sd), ("min", min), ("max", max)):
+        rows.append(f"| {label} | {pick(lrs):.4g} | {pick(acc):.2f}% | {pick(tta):.2f}% | {pick(hours):.2f} h |")
+    return "\n".join([lead, "", "| seed | LRMAX | test accuracy | flip TTA (not counted) | time |",
+                      "|---|---|---|---|---|", *rows])
 
 
 def performance_table(bench: dict) -> str:
@@ -56,26 +102,45 @@ def performance_table(bench: dict) -> str:
     return "\n".join([head, "", "| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
 
 
-SECTIONS = {  # marker name -> (what identifies such a record, how to render it)
-    "results": ("history", results_table),
-    "performance": ("train_images_per_s", performance_table),
-}
-
-
-def update_readme(record_path: Path, readme: Path) -> str:
-    """Write the section that ``record_path`` feeds into ``readme``; returns the section's name."""
+def load_record(path: Path) -> dict:
     try:
-        record = json.loads(Path(record_path).read_text())
-        name, render = next((n, r) for n, (key, r) in SECTIONS.items() if key in record)
-        table = render(record)
-    except (ValueError, KeyError, TypeError, StopIteration) as error:
-        raise ReportError(f"{record_path} is not a run or benchmark record of this project ({error!r})") from None
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        record = json.loads(Path(path).read_text())
+        if not isinstance(record, dict) or not ({"history", "train_images_per_s"} & set(record)):
+            raise ValueError("neither a run record nor a benchmark record")
+        return record
+    except (OSError, ValueError) as error:
+        raise ReportError(f"{path} is not a run or benchmark record of this project ({error})") from None
+
+
+def render_sections(paths: list[Path]) -> dict[str, tuple[str, str]]:
+    """Section name -> (the command that writes it, its Markdown) for the records at ``paths``: each
+    benchmark record its Performance table; one run record the Results table, several the Seeds table."""
+    records = {Path(p): load_record(p) for p in paths}
+    runs = [p for p, r in records.items() if "history" in r]
+    sections = {}
+    try:
+        for path in (p for p, r in records.items() if "history" not in r):
+            sections["performance"] = (str(path), performance_table(records[path]))
+        if len(runs) == 1:
+            sections["results"] = (str(runs[0]), results_table(records[runs[0]]))
+        elif runs:
+            sections["seeds"] = (" ".join(map(str, runs)), seeds_table([records[p] for p in runs], [str(p) for p in runs]))
+    except (KeyError, TypeError) as error:
+        raise ReportError(f"a record lacks a field the table needs ({error!r}); is it a record of this project?") from None
+    return sections
+
+
+def update_readme(paths: list[Path], readme: Path) -> list[str]:
+    """Write the sections the records at ``paths`` feed into ``readme``; returns their names."""
+    sections = render_sections(paths)
     text = readme.read_text()
-    if start not in text or end not in text:
-        raise ReportError(f"{readme} has no {start} ... {end} markers; add them where the table belongs")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    note = f"<!-- written by `python -m modular report {record_path}`; do not edit by hand -->"
-    readme.write_text(f"{head}{start}\n{note}\n{table}\n{end}{tail}")
-    return name
+    for name, (source, table) in sections.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start not in text or end not in text:
+            raise ReportError(f"{readme} has no {start} ... {end} markers; add them where the table belongs")
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        note = f"<!-- written by `python -m modular report {source}`; do not edit by hand -->"
+        text = f"{head}{start}\n{note}\n{table}\n{end}{tail}"
+    readme.write_text(text)
+    return list(sections)
