@@ -15,21 +15,24 @@ import torch
 
 FORMAT = "era-s10-checkpoint/1"
 REQUIRED = ("format", "model", "optimizer", "scheduler", "epoch", "history", "config")
+# what continuing a run reads besides: the RNG, the LR trace and the run's decisions (mean, std, LRMAX)
+RESUME_REQUIRED = (*REQUIRED, "rng", "lr_per_step", "lr_max", "lr_min", "mean", "std")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit this run; the message names the file."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, flushed to
-    disk, then renamed over the old one. A crash mid-write leaves the previous checkpoint intact."""
+def save_atomic(payload: Any, path: str | os.PathLike) -> Path:
+    """torch.save ``payload`` to ``path`` atomically: a temporary file in the same folder, flushed to
+    disk, renamed over the old one, then the folder synced so the rename itself survives a power cut.
+    A crash mid-write leaves the previous file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
@@ -37,13 +40,52 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
+    _sync_folder(path.parent)
+    _remove_orphans(path)
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint on the CPU; CheckpointError if it is missing, truncated, corrupt or foreign."""
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete temporary files left by writers that were killed mid-write (their process is gone);
+    a file another live process is still writing is left alone."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = stale.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write a training checkpoint (tagged with FORMAT) atomically; see ``save_atomic``."""
+    return save_atomic({"format": FORMAT, **state}, path)
+
+
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED) -> dict[str, Any]:
+    """Read a checkpoint on the CPU; CheckpointError if it is missing, truncated, corrupt, foreign or
+    lacks one of ``required`` (RESUME_REQUIRED to continue training it)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -52,8 +94,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as error:  # truncated zip, bad pickle, wrong file type...
         reason = str(error).split(". ")[0].splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"cannot read checkpoint {path} ({reason}); delete it to start over") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in REQUIRED):
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project; delete it or choose another --output-dir")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)} (written by an older version, or stripped); "
+                              "delete it to start over, or choose another --output-dir")
     return state
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m modular {train,lr-find,evaluate,stats,bench,report}``.
+"""Command line: ``python -m modular {train,lr-find,evaluate,predict,gradcam,export-weights,stats,bench,report}``.
 
 Flags follow torchvision's reference scripts. Known failures end in one line on stderr:
 exit 2 for bad arguments or configuration, 1 for data, checkpoint or training problems,
@@ -50,6 +50,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default=Config.output_dir)
 
 
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a training checkpoint (runs/.../checkpoint.pt)")
+    source.add_argument("--weights", help="a weights file (results/custom_resnet_cifar10.pt)")
+    p.add_argument("--data-dir", help="default: the data a checkpoint was trained on; for --weights, "
+                   "torchvision's download unless given")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m modular", description="Custom ResNet on CIFAR-10 in 24 epochs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -71,10 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--lr-find-end", type=_positive_float, default=Config.lr_find_end)
     find.add_argument("--lr-find-iters", type=int, default=Config.lr_find_iters)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on the test set")
-    evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--data-dir", help="default: the data the checkpoint was trained on")
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint or a weights file on the test set")
+    _add_model_flags(evaluate)
     evaluate.add_argument("--device", choices=DEVICES, default=Config.device)
+
+    predict = commands.add_parser("predict", help="top-3 classes of image files (any size, resized to 32x32)")
+    predict.add_argument("images", nargs="+", help="image files Pillow reads (PNG, JPEG, ...)")
+    predict.add_argument("--weights", help="default: results/custom_resnet_cifar10.pt, the shipped weights")
+
+    gradcam = commands.add_parser("gradcam", help="Grad-CAM figure of misclassified test images")
+    _add_model_flags(gradcam)
+    gradcam.add_argument("--record", help="a run record (run.json): show its misclassified images, the ones of "
+                         "its misclassified.png (default: those the model gets wrong now)")
+    gradcam.add_argument("--output", default="images/gradcam_misclassified.png")
+
+    export = commands.add_parser("export-weights", help="fp16 weights file from a run's final checkpoint")
+    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--output", default="results/custom_resnet_cifar10.pt")
+    export.add_argument("--record", help="the run's record (run.json) to note the file's sha256 in")
 
     stats = commands.add_parser("stats", help="image counts, class counts, channel mean and std")
     stats.add_argument("--data-dir")
@@ -156,25 +178,55 @@ def cmd_lr_find(args, cfg: Config) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from modular.checkpoint import load_checkpoint, load_model_state
-    from modular.pipeline import new_model, setup
-
-    state = load_checkpoint(args.checkpoint)
-    cfg = Config.from_dict(state["config"]).replace(device=args.device)
-    if args.data_dir:
-        cfg = cfg.replace(data_dir=args.data_dir)
-    s = setup(cfg, mean=state.get("mean"), std=state.get("std"))  # None: computed from the data
-    model = new_model(cfg)
-    load_model_state(model, state, args.checkpoint)
     from modular.evaluate import full_evaluation
-    from modular.train import build_criterion
+    from modular.inference import load_for_evaluation
 
-    result = full_evaluation(s.runtime.prepare_model(model), s.test_loader, s.runtime, s.data.classes,
-                             build_criterion(cfg))
-    print(f"checkpoint {args.checkpoint}: epoch {state['epoch']} of {cfg.epochs}")
-    print(f"test accuracy {result['test_acc']:.2f}%  loss {result['test_loss']:.4f}  flip TTA {result['tta_test_acc']:.2f}%")
+    loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, args.device)
+    result = full_evaluation(loaded.model, loaded.setup.test_loader, loaded.setup.runtime, loaded.setup.data.classes,
+                             loaded.criterion)
+    print(loaded.description)
+    print(f"test accuracy {result['test_acc']:.2f}%  loss {result['test_loss']:.4f}  cross-entropy {result['test_ce']:.4f}  "
+          f"flip TTA {result['tta_test_acc']:.2f}%")
     for name, acc in result["per_class_acc"].items():
         print(f"  {name:<12}{acc:6.2f}%")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from modular.predict import ImageError, predict_files
+    from modular.weights import SHIPPED, load_weights
+
+    failed = 0
+    for outcome in predict_files(load_weights(args.weights or SHIPPED), args.images):
+        if isinstance(outcome, ImageError):
+            failed += 1
+            print(f"error: {outcome}", file=sys.stderr)
+        else:
+            print(outcome)
+    return 1 if failed else 0
+
+
+def cmd_gradcam(args) -> int:
+    from modular.inference import gradcam_figure, load_for_evaluation
+    from modular.plots import save_figure
+
+    loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, device="cpu")
+    record = json.loads(Path(args.record).read_text()) if args.record else None
+    path = save_figure(gradcam_figure(loaded, record), args.output)
+    print(f"Grad-CAM figure: {path}")
+    return 0
+
+
+def cmd_export_weights(args) -> int:
+    from modular.config import CIFAR10_CLASSES
+    from modular.weights import export_weights, record_export
+
+    classes = json.loads(Path(args.record).read_text())["classes"] if args.record else list(CIFAR10_CLASSES)
+    exported = export_weights(args.checkpoint, args.output, classes)
+    if args.record:
+        record_export(args.record, exported)
+    print(f"weights of epoch {exported['epoch']} in fp16: {args.output} (sha256 {exported['sha256']})"
+          + (f"; noted in {args.record}" if args.record else ""))
     return 0
 
 
@@ -206,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     from modular.data import DataError
     from modular.lr_finder import LRFinderError
     from modular.pipeline import OutputDirError
+    from modular.predict import ImageError
     from modular.report import ReportError
     from modular.train import DivergenceError
+    from modular.weights import WeightsError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -216,10 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("train", "lr-find"):
             cfg = config_from_args(args)
             return cmd_train(args, cfg, argv) if args.command == "train" else cmd_lr_find(args, cfg)
-        return {"evaluate": cmd_evaluate, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report}[args.command](args)
+        commands = {"evaluate": cmd_evaluate, "predict": cmd_predict, "gradcam": cmd_gradcam,
+                    "export-weights": cmd_export_weights, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report}
+        return commands[args.command](args)
     except ConfigError as error:
         args.command_parser.error(str(error))  # exit 2, like any other bad argument
-    except (DataError, CheckpointError, OutputDirError, LRFinderError, DivergenceError, ReportError) as error:
+    except (DataError, CheckpointError, OutputDirError, LRFinderError, DivergenceError, ReportError, WeightsError,
+            ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except FileNotFoundError as error:

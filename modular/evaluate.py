@@ -81,6 +81,12 @@ def misclassified(labels: np.ndarray, predicted: np.ndarray) -> list[dict[str, i
     return [{"index": int(i), "predicted": int(predicted[i]), "actual": int(labels[i])} for i in wrong]
 
 
+def gallery_sample(wrong: list[dict[str, int]], n: int = 20) -> list[dict[str, int]]:
+    """Up to ``n`` misclassified images spread over the test set (it is ordered by class): the ones the
+    misclassified gallery and the Grad-CAM figure show."""
+    return wrong[:: max(1, len(wrong) // n)][:n]
+
+
 def full_evaluation(model, loader, runtime, classes, criterion=None) -> dict:
     """Everything the run record holds about the test set, accuracies in percent."""
     plain = predict(model, loader, runtime, criterion, flip_tta=True)

@@ -15,11 +15,11 @@ import torch
 
 from custom_resnet import CustomResNet
 from modular import plots
-from modular.checkpoint import CheckpointError, load_checkpoint
+from modular.checkpoint import RESUME_REQUIRED, CheckpointError, load_checkpoint
 from modular.config import Config
 from modular.data import CifarData, channel_stats, load_cifar10, make_loaders
 from modular.device import Runtime, hardware_name, select_runtime, versions
-from modular.evaluate import full_evaluation
+from modular.evaluate import full_evaluation, gallery_sample
 from modular.lr_finder import LRFindResult, range_test
 from modular.provenance import code_version
 from modular.train import FitResult, build_criterion, build_optimizer, fit, interactive
@@ -108,7 +108,7 @@ def find_checkpoint(cfg: Config, resume: bool) -> dict | None:
     if not resume:
         raise CheckpointError(f"{path} already exists: pass --resume to continue that run, "
                               "or choose another --output-dir")
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, RESUME_REQUIRED)
     differences = cfg.differences(Config.from_dict(state["config"]))
     if differences:
         raise CheckpointError(f"{path} belongs to another configuration ({'; '.join(differences[:3])}); "
@@ -160,8 +160,7 @@ def figures(record: dict, s: Setup) -> dict:
     (the misclassified gallery also looks up its test images by index)."""
     classes = record["classes"]
     images, labels = next(iter(s.train_loader))
-    every = record["misclassified"]
-    wrong = every[:: max(1, len(every) // 20)][:20]  # spread over the test set (it is ordered by class)
+    wrong = gallery_sample(record["misclassified"])
     found = {
         "train_samples": plots.plot_samples(images[:16], labels[:16].numpy(), classes, "augmented training images",
                                             mean=s.mean, std=s.std),

@@ -126,6 +126,31 @@ def plot_misclassified(images: Any, predicted: Sequence[Any], actual: Sequence[A
     return _gallery(shown, titles, cols=5, cell=1.6, title=f"Misclassified test images ({n} shown)")
 
 
+def plot_gradcam(images: np.ndarray, maps_predicted: np.ndarray, maps_actual: np.ndarray, predicted: Sequence[Any],
+                 actual: Sequence[Any], classes: Sequence[str], per_row: int = 2) -> Figure:
+    """Each misclassified image (uint8 N x H x W x 3) beside its Grad-CAM maps (N x H x W in [0, 1])
+    for the predicted class and for the true class, ``per_row`` images to a row."""
+    n = len(images)
+    rows = max(1, math.ceil(n / per_row))
+    fig = _figure(height=rows * 1.45 + 0.5, width=per_row * 3 * 1.35)
+    axes = fig.subplots(rows, per_row * 3, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i in range(n):
+        row, col = divmod(i, per_row)
+        image_ax, pred_ax, true_ax = axes[row, 3 * col: 3 * col + 3]
+        image_ax.imshow(images[i], interpolation="nearest")
+        image_ax.set_title(f"image {i + 1}", fontsize=7)
+        for ax, heat, label in ((pred_ax, maps_predicted[i], f"pred: {_class_name(predicted[i], classes)}"),
+                                (true_ax, maps_actual[i], f"true: {_class_name(actual[i], classes)}")):
+            ax.imshow(images[i], interpolation="nearest")
+            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="bilinear")
+            ax.set_title(label, fontsize=7)
+    fig.suptitle("Grad-CAM on Layer3's residual output (X + R2): evidence for the predicted and for the true class",
+                 fontsize=9)
+    return fig
+
+
 # --------------------------------------------------------------------------- training curves
 
 def plot_history(history: Sequence[Mapping[str, float]]) -> Figure:

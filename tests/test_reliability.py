@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -423,6 +424,32 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
     save_checkpoint(minimal_state(2), path)  # and the next save works
     assert load_checkpoint(path)["epoch"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_saving_removes_a_dead_writers_leftover_but_not_a_live_writers_file(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f".checkpoint.pt.{dead.pid}.abc123.tmp"      # a writer killed mid-write
+    writing = tmp_path / f".checkpoint.pt.{os.getppid()}.def456.tmp"  # another live process, still writing
+    orphan.write_bytes(b"half")
+    writing.write_bytes(b"half")
+    save_checkpoint(minimal_state(1), path)
+    assert not orphan.exists() and writing.exists()
+
+
+@pytest.mark.parametrize("key", ["rng", "lr_per_step", "lr_max", "mean", "std"])
+def test_resuming_a_checkpoint_without_what_resume_reads_is_a_one_line_error(key, tmp_path, capsys):
+    from modular.checkpoint import RESUME_REQUIRED
+
+    state = {**minimal_state(1), "rng": {}, "lr_per_step": [], "lr_max": 0.4, "lr_min": 0.004, "mean": [0.5] * 3,
+             "std": [0.25] * 3}
+    assert set(RESUME_REQUIRED) - {"format"} <= set(state)
+    del state[key]
+    path = save_checkpoint(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=f"lacks {key} .*delete it to start over"):
+        load_checkpoint(path, RESUME_REQUIRED)
+    assert load_checkpoint(path)["epoch"] == 1  # evaluate needs less, and still reads it
 
 
 def test_saved_checkpoint_is_tagged_and_readable_by_others(tmp_path):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
 from modular.cli import main
-import statistics
-
 from modular.config import Config
 from modular.report import ReportError, performance_table, results_table, seeds_table, update_readme
 

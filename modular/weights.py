@@ -1,0 +1,82 @@
+"""The trained weights as a small file anyone can use: the state_dict in fp16 plus what inference
+needs besides it (mean, std, class names, logit scale). Exported from a run's final checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from custom_resnet import CustomResNet
+from modular.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_atomic
+
+FORMAT = "era-s10-weights/1"
+SHIPPED = Path(__file__).resolve().parents[1] / "results" / "custom_resnet_cifar10.pt"
+
+
+class WeightsError(RuntimeError):
+    """A weights file that cannot be used; the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained CustomResNet in eval mode (fp32, CPU) and what its inputs need."""
+    model: CustomResNet
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    source: str                      # the file it came from
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_weights(checkpoint: str | os.PathLike, destination: str | os.PathLike, classes: list[str]) -> dict:
+    """Write the checkpoint's weights in fp16 with mean, std, classes and logit scale to ``destination``;
+    returns what a run record keeps about the file (name, sha256, epoch, source checkpoint)."""
+    state = load_checkpoint(checkpoint)
+    if "mean" not in state or "std" not in state:
+        raise CheckpointError(f"{checkpoint} lacks the run's mean and std; export the checkpoint of a full run")
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_atomic({"format": FORMAT, "state_dict": half, "mean": list(state["mean"]), "std": list(state["std"]),
+                     "classes": list(classes), "logit_scale": state["config"]["logit_scale"], "epoch": state["epoch"]},
+                    destination)
+    return {"file": Path(destination).name, "sha256": sha256(destination), "dtype": "float16",
+            "epoch": int(state["epoch"]), "exported_from": str(checkpoint)}
+
+
+def load_weights(path: str | os.PathLike = SHIPPED) -> TrainedModel:
+    """The model stored at ``path`` (fp16 on disk, fp32 in memory), ready for inference."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"no weights file at {path}; pass --weights with the path of one "
+                           "(the repository ships results/custom_resnet_cifar10.pt)")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, corrupt, not a torch file
+        raise WeightsError(f"cannot read weights file {path} ({type(error).__name__}); download it again") from None
+    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+        raise WeightsError(f"{path} is not a weights file of this project (for a training checkpoint use --checkpoint)")
+    model = CustomResNet(num_classes=len(stored["classes"]), logit_scale=stored["logit_scale"])
+    try:
+        load_model_state(model, {"model": stored["state_dict"]}, path)
+    except CheckpointError as error:
+        raise WeightsError(str(error)) from None
+    return TrainedModel(model.float().eval(), tuple(stored["mean"]), tuple(stored["std"]), tuple(stored["classes"]),
+                        str(path))
+
+
+def record_export(record_path: str | os.PathLike, exported: dict) -> None:
+    """Add the weights file's description (sha256, source) to a run record, as ``weights``."""
+    record = json.loads(Path(record_path).read_text())
+    record["weights"] = exported
+    Path(record_path).write_text(json.dumps(record, indent=1))
