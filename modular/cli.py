@@ -212,7 +212,7 @@ def cmd_gradcam(args) -> int:
 
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, device="cpu")
     record = json.loads(Path(args.record).read_text()) if args.record else None
-    path = save_figure(gradcam_figure(loaded, record), args.output)
+    path = save_figure(gradcam_figure(loaded.model, loaded.setup, record), args.output)
     print(f"Grad-CAM figure: {path}")
     return 0
 

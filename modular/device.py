@@ -118,12 +118,15 @@ def hardware_name(device: torch.device) -> str:
 
 
 def versions() -> dict[str, str]:
-    import numpy
+    """Installed versions of what a run depends on, read from package metadata: nothing is imported
+    (importing torch_lr_finder here once printed tqdm's warning into the notebook)."""
+    from importlib import metadata
 
-    found = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
-    for module in ("torchvision", "albumentations", "torch_lr_finder"):
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    for name, distribution in (("numpy", "numpy"), ("torchvision", "torchvision"), ("albumentations", "albumentations"),
+                               ("torch_lr_finder", "torch-lr-finder")):
         try:
-            found[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
+            found[name] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
             pass
     return found

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,18 +49,18 @@ def load_for_evaluation(checkpoint: str | None, weights: str | None, data_dir: s
     return Loaded(s.runtime.prepare_model(model).eval(), s, build_criterion(cfg), description)
 
 
-def gradcam_figure(loaded: Loaded, record: dict | None = None) -> Figure:
+def gradcam_figure(model: torch.nn.Module, s: Setup, record: dict | None = None) -> Figure:
     """Grad-CAM maps for the predicted and the true class of the misclassified test images shown in
-    misclassified.png: the record's (same images, same classes) when given, else the model's own."""
-    s = loaded.setup
+    misclassified.png: the record's (same images, same classes) when given, else the model's own.
+    The maps are computed on an fp32 copy on the CPU (``model`` is left as it is)."""
     if record is not None:
         wrong = gallery_sample(record["misclassified"])
     else:
-        test = predict(loaded.model, s.test_loader, s.runtime)
+        test = predict(model, s.test_loader, s.runtime)
         wrong = gallery_sample(misclassified(test.labels, test.predicted))
     indices = [w["index"] for w in wrong]
     normalized = torch.stack([s.test_loader.dataset[i][0] for i in indices])
-    cpu_model = loaded.model.float().cpu().to(memory_format=torch.contiguous_format)
+    cpu_model = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
     predicted, actual = [w["predicted"] for w in wrong], [w["actual"] for w in wrong]
     return plots.plot_gradcam(np.asarray(s.data.test_images[indices]), gradcam_maps(cpu_model, normalized, predicted),
                               gradcam_maps(cpu_model, normalized, actual), predicted, actual, s.data.classes)

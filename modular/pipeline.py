@@ -219,7 +219,7 @@ def train(s: Setup, model: torch.nn.Module, facts: dict, resume: bool = True,
 
 def finish(s: Setup, facts: dict, result: FitResult, log: Callable[[str], None] = print) -> dict:
     """Evaluate the trained model, write <output_dir>/run.json and the plots; return the record."""
-    out = Path(s.cfg.output_dir)
+    out = prepare_output_dir(s.cfg.output_dir)
     evaluated = time.perf_counter()
     evaluation = full_evaluation(result.model, s.test_loader, s.runtime, s.data.classes, build_criterion(s.cfg))
     # compute time of the whole run, the same whether or not it was interrupted and resumed
@@ -247,53 +247,3 @@ def run(cfg: Config, resume: bool = False, data: CifarData | None = None,
     facts = decide_lr(s, model, state, log)
     result = train(s, model, facts, resume, log, state=state)
     return finish(s, facts, result, log)
-
-
-# --------------------------------------------------------------------------------------------
-# For the notebook
-# --------------------------------------------------------------------------------------------
-
-def notebook_config(quick: bool, workdir: str | Path = ".", output_dir: str | None = None) -> Config:
-    """The notebook's Config. Quick mode (ERA_QUICK=1): a learnable synthetic CIFAR-10 written
-    at run time (no internet), 2 epochs, a short range test, in a throwaway runs/quick that is
-    cleared each time (so an old quick run never gets resumed; ``output_dir`` is not used, so a real
-    run folder is never cleared). Full mode: the defaults, with data from $CIFAR10_DIR if set (else
-    torchvision's download) and output in ``output_dir`` ($ERA_OUTPUT_DIR), else runs/headline."""
-    import os
-    import shutil
-
-    from modular.data import synthetic_cifar10, write_image_tree
-
-    workdir = Path(workdir)
-    if not quick:
-        return Config(data_dir=os.environ.get("CIFAR10_DIR"), output_dir=output_dir or str(workdir / "runs" / "headline"))
-    out = workdir / "runs" / "quick"
-    shutil.rmtree(out, ignore_errors=True)
-    tree = write_image_tree(synthetic_cifar10(n_train=1000, n_test=200, seed=0), out / "data")
-    return Config(data_dir=str(tree), epochs=2, batch_size=64, lr_find_iters=20, output_dir=str(out))
-
-
-def print_model_summary(model: torch.nn.Module) -> None:
-    """torchsummary's table on a (3, 32, 32) input, in eval mode so BatchNorm statistics stay put."""
-    import copy
-
-    from torchsummary import summary
-
-    probe = copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format)
-    summary(probe, (3, 32, 32), device="cpu")
-
-
-def summary_table(record: dict) -> str:
-    """The headline numbers of a run record as a small aligned table."""
-    rows = [
-        ("test accuracy, last epoch", f"{record['test_acc']:.2f}%"),
-        ("best test accuracy", f"{record['best_test_acc']:.2f}% (epoch {record['best_epoch']})"),
-        ("flip-TTA accuracy (not counted)", f"{record['tta_test_acc']:.2f}%"),
-        ("LRMAX / LRMIN", f"{record['lr_max']:.4g} / {record['lr_min']:.4g}"),
-        ("epochs", f"{len(record['history'])}"),
-        ("seconds per epoch", f"{record['seconds_per_epoch']:.0f}"),
-        ("total time", f"{record['wall_seconds'] / 3600:.2f} h"),
-        ("device", f"{record['hardware']}, {record['precision']}"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

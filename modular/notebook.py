@@ -1,0 +1,84 @@
+"""What only the notebook needs: its configuration from the environment, the model summary, a summary
+table, and the path that uses the shipped weights instead of training (ERA_USE_WEIGHTS=1)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from modular import pipeline
+from modular.config import Config
+from modular.data import synthetic_cifar10, write_image_tree
+from modular.train import TABLE_HEADER, FitResult, format_epoch
+from modular.weights import SHIPPED, load_weights
+
+HEADLINE = Path(__file__).resolve().parents[1] / "results" / "headline.json"  # the run the shipped weights come from
+
+
+def notebook_config(quick: bool, workdir: str | Path = ".", output_dir: str | None = None) -> Config:
+    """The notebook's Config. Quick mode (ERA_QUICK=1): a learnable synthetic CIFAR-10 written
+    at run time (no internet), 2 epochs, a short range test, in a throwaway runs/quick that is
+    cleared each time (so an old quick run never gets resumed; ``output_dir`` is not used, so a real
+    run folder is never cleared). Full mode: the defaults, with data from $CIFAR10_DIR if set (else
+    torchvision's download) and output in ``output_dir`` ($ERA_OUTPUT_DIR), else runs/headline."""
+    workdir = Path(workdir)
+    if not quick:
+        return Config(data_dir=os.environ.get("CIFAR10_DIR"), output_dir=output_dir or str(workdir / "runs" / "headline"))
+    out = workdir / "runs" / "quick"
+    shutil.rmtree(out, ignore_errors=True)
+    tree = write_image_tree(synthetic_cifar10(n_train=1000, n_test=200, seed=0), out / "data")
+    return Config(data_dir=str(tree), epochs=2, batch_size=64, lr_find_iters=20, output_dir=str(out))
+
+
+def print_model_summary(model: torch.nn.Module) -> None:
+    """torchsummary's table on a (3, 32, 32) input, in eval mode so BatchNorm statistics stay put."""
+    from torchsummary import summary
+
+    probe = copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    summary(probe, (3, 32, 32), device="cpu")
+
+
+def summary_table(record: dict) -> str:
+    """The headline numbers of a run record as a small aligned table."""
+    rows = [
+        ("test accuracy, last epoch", f"{record['test_acc']:.2f}%"),
+        ("best test accuracy", f"{record['best_test_acc']:.2f}% (epoch {record['best_epoch']})"),
+        ("flip-TTA accuracy (not counted)", f"{record['tta_test_acc']:.2f}%"),
+        ("LRMAX / LRMIN", f"{record['lr_max']:.4g} / {record['lr_min']:.4g}"),
+        ("epochs", f"{len(record['history'])}"),
+        ("seconds per epoch", f"{record['seconds_per_epoch']:.0f}"),
+        ("total time", f"{record['wall_seconds'] / 3600:.2f} h"),
+        ("device", f"{record['hardware']}, {record['precision']}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def decide_lr(s: pipeline.Setup, model: torch.nn.Module, use_weights: bool, record_path: Path = HEADLINE) -> dict:
+    """The run's LRMAX/LRMIN: with the shipped weights, the recorded run's (no range test is run);
+    otherwise the pipeline's decision (from the checkpoint being resumed, or a new range test)."""
+    if use_weights:
+        record = json.loads(Path(record_path).read_text())
+        facts = {k: record.get(k) for k in pipeline.FACT_KEYS}
+        print(f"recorded run ({Path(record_path).name}): LRMAX {facts['lr_max']:.4g}, LRMIN {facts['lr_min']:.4g}")
+        return facts
+    return pipeline.decide_lr(s, model, pipeline.find_checkpoint(s.cfg, resume=True))
+
+
+def train_or_load(s: pipeline.Setup, model: torch.nn.Module, facts: dict, use_weights: bool,
+                  weights: Path = SHIPPED, record_path: Path = HEADLINE) -> FitResult:
+    """Train (or resume) as the pipeline does; with ``use_weights`` load the shipped weights into
+    ``model`` instead and show the recorded run's per-epoch table."""
+    if not use_weights:
+        return pipeline.train(s, model, facts, resume=True)
+    record = json.loads(Path(record_path).read_text())
+    model.load_state_dict(load_weights(weights).model.state_dict())
+    print(f"loaded {Path(weights).name} instead of training; the recorded run's epochs:")
+    print("\n".join([TABLE_HEADER] + [format_epoch(row) for row in record["history"]]))
+    epochs = len(record["history"])
+    return FitResult(record["history"], record["lr_per_step"], s.runtime.prepare_model(model), resumed_from=epochs)
