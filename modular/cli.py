@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint or a weights file on the test set")
     _add_model_flags(evaluate)
     evaluate.add_argument("--device", choices=DEVICES, default=Config.device)
+    evaluate.add_argument("--record", help="with --weights: note the result in this run record (results/headline.json)")
 
     predict = commands.add_parser("predict", help="top-3 classes of image files (any size, resized to 32x32)")
     predict.add_argument("images", nargs="+", help="image files Pillow reads (PNG, JPEG, ...)")
@@ -189,6 +190,11 @@ def cmd_evaluate(args) -> int:
           f"flip TTA {result['tta_test_acc']:.2f}%")
     for name, acc in result["per_class_acc"].items():
         print(f"  {name:<12}{acc:6.2f}%")
+    if args.record:
+        from modular.weights import record_evaluation
+
+        record_evaluation(args.record, args.weights, result, loaded.setup.data.source)
+        print(f"noted in {args.record}")
     return 0
 
 

@@ -33,6 +33,10 @@ def results_table(record: dict) -> str:
         ("Hardware", f"{record['hardware']}, {precision}"),
         ("Data", f"{record['data_source']}: {record['train_images']:,} train / {record['test_images']:,} test"),
     ]
+    evaluated = record.get("weights", {}).get("evaluated")
+    if evaluated:  # the shipped fp16 weights, evaluated again (fp32) on the same test set
+        rows.insert(1, (f"Shipped weights `{record['weights']['file']}` (fp16, evaluated in fp32)",
+                        f"{evaluated['test_acc']:.2f}% (flip TTA {evaluated['tta_test_acc']:.2f}%)"))
     return "\n".join(["| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
 
 

@@ -80,3 +80,17 @@ def record_export(record_path: str | os.PathLike, exported: dict) -> None:
     record = json.loads(Path(record_path).read_text())
     record["weights"] = exported
     Path(record_path).write_text(json.dumps(record, indent=1))
+
+
+def record_evaluation(record_path: str | os.PathLike, weights: str | os.PathLike | None, evaluation: dict,
+                      data_source: str) -> None:
+    """Note in a run record what its exported weights file reaches on a test set, as
+    ``weights.evaluated``; refuses a file that is not the one the record describes."""
+    record = json.loads(Path(record_path).read_text())
+    described = record.get("weights", {}).get("sha256")
+    if weights is None or described != sha256(weights):
+        raise WeightsError(f"{record_path} does not describe {weights}; evaluate the file exported from this run "
+                           "(python -m modular export-weights --record ...)")
+    record["weights"]["evaluated"] = {"data_source": data_source, "precision": "fp32",
+                                      **{k: evaluation[k] for k in ("test_acc", "test_ce", "tta_test_acc")}}
+    Path(record_path).write_text(json.dumps(record, indent=1))

@@ -61,12 +61,21 @@ def test_fp16_weights_give_the_fp32_models_predictions(exported):
     assert torch.equal(got.argmax(1)[sure], want.argmax(1)[sure]) and sure.sum() > 32
 
 
-def test_evaluate_weights_matches_the_run(exported, capsys):
-    run, _, weights = exported
-    code, out, err = cli_main(["evaluate", "--weights", weights, "--data-dir", run.tree], capsys)
+def test_evaluate_weights_matches_the_run_and_is_noted_in_the_record(exported, capsys):
+    run, record, weights = exported
+    code, out, err = cli_main(["evaluate", "--weights", weights, "--data-dir", run.tree, "--record", record], capsys)
     assert code == 0, err
     accuracy = float(out.split("test accuracy ", 1)[1].split("%")[0])
     assert abs(accuracy - run.record["test_acc"]) <= 100 / SHARED_N_TEST  # at most one image moved by fp16
+    evaluated = json.loads(record.read_text())["weights"]["evaluated"]
+    assert evaluated["test_acc"] == pytest.approx(accuracy, abs=0.005) and evaluated["precision"] == "fp32"
+    from modular.report import results_table
+
+    assert f"| Shipped weights `{weights.name}` (fp16, evaluated in fp32) | {evaluated['test_acc']:.2f}%" in \
+        results_table(json.loads(record.read_text()))
+    code, _, err = cli_main(["evaluate", "--weights", weights, "--data-dir", run.tree, "--record", run.output_dir /
+                             "run.json"], capsys)
+    assert code == 1 and "does not describe" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.fixture
