@@ -215,6 +215,9 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], lr_max: float,
     finite = loss[np.isfinite(loss)]
     if finite.size:  # the run ends by diverging: keep the interesting part in view
         low, high = finite.min(), min(finite.max(), 2.0 * finite[0] - finite.min())
+        if raw_losses is not None:  # the raw curve before divergence too, to see where LRMAX falls on it
+            raw = np.asarray(raw_losses, dtype=float)[lr <= (diverged_lr or lr[-1])]
+            low = min(low, np.nanmin(raw[np.isfinite(raw)], initial=low))
         if high > low:
             pad = 0.08 * (high - low)
             ax.set_ylim(low - pad, high + pad)
