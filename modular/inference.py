@@ -58,6 +58,8 @@ def gradcam_figure(model: torch.nn.Module, s: Setup, record: dict | None = None)
     else:
         test = predict(model, s.test_loader, s.runtime)
         wrong = gallery_sample(misclassified(test.labels, test.predicted))
+    if not wrong:
+        return plots.plot_message("Grad-CAM: no misclassified test images, so nothing to explain")
     indices = [w["index"] for w in wrong]
     normalized = torch.stack([s.test_loader.dataset[i][0] for i in indices])
     cpu_model = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)

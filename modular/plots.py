@@ -126,6 +126,13 @@ def plot_misclassified(images: Any, predicted: Sequence[Any], actual: Sequence[A
     return _gallery(shown, titles, cols=5, cell=1.6, title=f"Misclassified test images ({n} shown)")
 
 
+def plot_message(text: str) -> Figure:
+    """A small figure that only says ``text`` (where a gallery has nothing to show)."""
+    fig = _figure(height=0.8)
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=10)
+    return fig
+
+
 def plot_gradcam(images: np.ndarray, maps_predicted: np.ndarray, maps_actual: np.ndarray, predicted: Sequence[Any],
                  actual: Sequence[Any], classes: Sequence[str], per_row: int = 2) -> Figure:
     """Each misclassified image (uint8 N x H x W x 3) beside its Grad-CAM maps (N x H x W in [0, 1])

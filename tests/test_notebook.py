@@ -89,3 +89,11 @@ def test_the_weights_path_shows_the_record_and_loads_instead_of_training(shipped
     record = pipeline.finish(s, facts, result, log=lambda *_: None)
     assert abs(record["test_acc"] - run.record["test_acc"]) <= 1.0
     assert gradcam_figure(result.model, s, record).axes
+
+
+def test_gradcam_figure_with_nothing_misclassified_says_so(shipped, tmp_path):
+    run = shipped[0]
+    cfg = Config.from_dict(run.record["config"]).replace(output_dir=str(tmp_path), device="cpu")
+    s = pipeline.setup(cfg)
+    fig = gradcam_figure(pipeline.new_model(cfg), s, {**run.record, "misclassified": []})
+    assert "no misclassified test images" in fig.texts[0].get_text()

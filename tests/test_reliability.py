@@ -535,9 +535,9 @@ def wrap_train_epoch(monkeypatch, change):
     """Replace train.train_epoch by one that calls ``change(epoch, model, criterion)`` -> criterion first."""
     real = train_module.train_epoch
 
-    def wrapped(model, loader, optimizer, scheduler, criterion, scaler, runtime, epoch, *args, **kwargs):
-        criterion = change(epoch, model, criterion) or criterion
-        return real(model, loader, optimizer, scheduler, criterion, scaler, runtime, epoch, *args, **kwargs)
+    def wrapped(trainer, loader, scheduler, epoch, *args, **kwargs):
+        trainer.criterion = change(epoch, trainer.model, trainer.criterion) or trainer.criterion
+        return real(trainer, loader, scheduler, epoch, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "train_epoch", wrapped)
 
