@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from modular.config import Config
-from modular.data import default_workers, make_loaders, synthetic_cifar10
+from modular.data import synthetic_cifar10
 from modular.device import Runtime, hardware_name, select_runtime, versions
+from modular.loaders import default_workers, make_loaders
 from modular.train import Trainer, build_criterion, build_optimizer
 from modular.transforms import test_transforms, train_transforms
 

@@ -1,4 +1,4 @@
-"""CIFAR-10 from any source into uint8 arrays; statistics; the Dataset and the DataLoaders.
+"""CIFAR-10 from any source into uint8 arrays; statistics; synthetic data (loaders: modular/loaders.py).
 
 Sources (``load_cifar10``):
   * ``data_dir=None``: torchvision's CIFAR10, downloaded into ``download_root`` and md5-verified;
@@ -18,12 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
-from modular.config import CIFAR10_CLASSES, Config, ConfigError
-from modular.device import Runtime
-from modular.transforms import reseed
+from modular.config import CIFAR10_CLASSES, ConfigError
 
 ACCEPTED_LAYOUTS = (
     "a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz, "
@@ -246,101 +242,6 @@ def format_stats(data: CifarData) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Dataset, sampler, loaders
-# --------------------------------------------------------------------------------------------
-
-class CifarDataset(Dataset):
-    """uint8 images through an albumentations pipeline -> (float tensor 3x32x32, label).
-
-    Keys are ``epoch * len(self) + index`` (see ``EpochSampler``), so the epoch travels with
-    each batch into any worker, persistent or not. Each batch reseeds the pipeline from
-    (seed, epoch, first key): augmentation is reproducible, differs between epochs and workers,
-    and a resumed run sees exactly the batches an uninterrupted one would.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform, seed: int = 0):
-        self.images, self.labels, self.transform, self.seed = images, labels, transform, seed
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def _sample(self, key: int):
-        index = key % len(self.labels)
-        image = self.transform(image=self.images[index])["image"]
-        return image, int(self.labels[index])
-
-    def __getitem__(self, key: int):
-        return self._sample(key)
-
-    def __getitems__(self, keys: list[int]):
-        if hasattr(self.transform, "set_random_state"):
-            epoch = keys[0] // len(self.labels)
-            state = np.random.SeedSequence([self.seed, epoch, keys[0] % len(self.labels)])
-            reseed(self.transform, int(state.generate_state(1)[0]))
-        return [self._sample(k) for k in keys]
-
-
-class EpochSampler(Sampler[int]):
-    """Yields keys ``epoch * n + index``; the order is shuffled by (seed, epoch) when ``shuffle``.
-
-    Call ``set_epoch`` before iterating: the order then depends on nothing but seed and epoch.
-    """
-
-    def __init__(self, n: int, shuffle: bool, seed: int = 0):
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-                 if self.shuffle else np.arange(self.n))
-        return iter((self.epoch * self.n + order).tolist())
-
-
-def default_workers(device: torch.device) -> int:
-    """0 on the CPU (the pipeline runs ~30x faster than a CPU training step, and a worker
-    process would take a core from it); up to 4 on accelerators."""
-    if device.type == "cpu":
-        return 0
-    return min(4, os.cpu_count() or 1)
-
-
-class Collate:
-    """Stack samples into one batch already in the run's memory layout, so that pinning and the copy
-    to the device keep it (both preserve strides) and no second copy on the device is needed.
-    ToTensorV2 returns CHW views of HWC arrays: stacking those as NHWC is a single copy."""
-
-    def __init__(self, memory_format: torch.memory_format = torch.contiguous_format):
-        self.memory_format = memory_format
-
-    def __call__(self, samples):
-        images, labels = zip(*samples)
-        if self.memory_format == torch.channels_last:
-            batch = torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
-        else:
-            batch = torch.stack(images)
-        return batch, torch.tensor(labels, dtype=torch.long)
-
-
-def make_loaders(data: CifarData, train_transform, test_transform, cfg: Config,
-                 runtime: Runtime) -> tuple[DataLoader, DataLoader]:
-    """Training loader (shuffled per epoch, augmented) and test loader (in order), collating in the
-    run's layout into pinned memory where the device is a GPU."""
-    workers = default_workers(runtime.device) if cfg.workers is None else cfg.workers
-    common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=runtime.pin_memory,
-                  persistent_workers=workers > 0, collate_fn=Collate(runtime.memory_format))
-    train_set = CifarDataset(data.train_images, data.train_labels, train_transform, cfg.seed)
-    test_set = CifarDataset(data.test_images, data.test_labels, test_transform, cfg.seed)
-    train_loader = DataLoader(train_set, sampler=EpochSampler(len(train_set), True, cfg.seed), **common)
-    test_loader = DataLoader(test_set, sampler=EpochSampler(len(test_set), False), **common)
-    return train_loader, test_loader
-
-
-# --------------------------------------------------------------------------------------------
 # Synthetic CIFAR-10, for tests and offline demos
 # --------------------------------------------------------------------------------------------
 
@@ -381,30 +282,3 @@ def write_image_tree(data: CifarData, root: str | os.PathLike, suffix: str = ".p
             Image.fromarray(image).save(root / split / data.classes[label] / f"{counters[label]:04d}{suffix}")
             counters[label] += 1
     return root
-
-
-def write_torchvision_batches(data: CifarData, root: str | os.PathLike) -> Path:
-    """Write ``data`` in torchvision's format: root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}."""
-    import pickle
-
-    folder = Path(root) / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def dump(name: str, images: np.ndarray, labels: np.ndarray) -> None:
-        planes = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # R, then G, then B planes
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": planes, "labels": labels.tolist()}, f)
-
-    for i, part in enumerate(np.array_split(np.arange(len(data.train_labels)), 5), start=1):
-        dump(f"data_batch_{i}", data.train_images[part], data.train_labels[part])
-    dump("test_batch", data.test_images, data.test_labels)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(data.classes)}, f)
-    return Path(root)
-
-
-def write_tar_gz(tree_root: str | os.PathLike, archive: str | os.PathLike, top: str = "cifar10") -> Path:
-    """Pack an image tree as ``archive`` with the tree under one top folder (like cifar10-jpeg.tar.gz)."""
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(str(tree_root), arcname=top)
-    return Path(archive)

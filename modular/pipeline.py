@@ -17,9 +17,10 @@ from custom_resnet import CustomResNet
 from modular import plots
 from modular.checkpoint import RESUME_REQUIRED, CheckpointError, load_checkpoint
 from modular.config import Config
-from modular.data import CifarData, channel_stats, load_cifar10, make_loaders
+from modular.data import CifarData, channel_stats, load_cifar10
 from modular.device import Runtime, hardware_name, select_runtime, versions
 from modular.evaluate import full_evaluation, gallery_sample
+from modular.loaders import make_loaders
 from modular.lr_finder import LRFindResult, range_test
 from modular.provenance import code_version
 from modular.train import FitResult, build_criterion, build_optimizer, fit, interactive

@@ -12,20 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from writers import write_tar_gz, write_torchvision_batches
 
 from modular.config import CIFAR10_CLASSES, Config, ConfigError
-from modular.data import (
-    CifarData,
-    CifarDataset,
-    DataError,
-    load_cifar10,
-    make_loaders,
-    synthetic_cifar10,
-    write_image_tree,
-    write_tar_gz,
-    write_torchvision_batches,
-)
+from modular.data import CifarData, DataError, load_cifar10, synthetic_cifar10, write_image_tree
 from modular.device import Runtime
+from modular.loaders import CifarDataset, make_loaders
 from modular.transforms import test_transforms as make_test_transforms
 from modular.transforms import train_transforms
 

@@ -14,8 +14,9 @@ import torch
 
 from modular import device as device_module
 from modular.config import Config
-from modular.data import make_loaders, synthetic_cifar10
+from modular.data import synthetic_cifar10
 from modular.device import Runtime, select_runtime
+from modular.loaders import make_loaders
 from modular.schedule import one_cycle
 from modular.train import DivergenceError, Trainer, build_criterion, build_optimizer, load_optimizer_state, train_epoch
 from modular.transforms import test_transforms as make_test_transforms
