@@ -59,18 +59,19 @@ def summary_table(record: dict) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def decide_lr(s: pipeline.Setup, model: torch.nn.Module, use_weights: bool, record_path: Path = HEADLINE) -> dict:
+def decide_lr(s: pipeline.Setup, model: torch.nn.Module, use_weights: bool,
+              record_path: Path = HEADLINE) -> pipeline.RunFacts:
     """The run's LRMAX/LRMIN: with the shipped weights, the recorded run's (no range test is run);
     otherwise the pipeline's decision (from the checkpoint being resumed, or a new range test)."""
     if use_weights:
         record = json.loads(Path(record_path).read_text())
-        facts = {k: record.get(k) for k in pipeline.FACT_KEYS}
-        print(f"recorded run ({Path(record_path).name}): LRMAX {facts['lr_max']:.4g}, LRMIN {facts['lr_min']:.4g}")
+        facts = pipeline.RunFacts.from_dict(record)
+        print(f"recorded run ({Path(record_path).name}): LRMAX {facts.lr_max:.4g}, LRMIN {facts.lr_min:.4g}")
         return facts
     return pipeline.decide_lr(s, model, pipeline.find_checkpoint(s.cfg, resume=True))
 
 
-def train_or_load(s: pipeline.Setup, model: torch.nn.Module, facts: dict, use_weights: bool,
+def train_or_load(s: pipeline.Setup, model: torch.nn.Module, facts: pipeline.RunFacts, use_weights: bool,
                   weights: Path = SHIPPED, record_path: Path = HEADLINE) -> FitResult:
     """Train (or resume) as the pipeline does; with ``use_weights`` load the shipped weights into
     ``model`` instead and show the recorded run's per-epoch table."""

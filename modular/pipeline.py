@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -117,17 +117,32 @@ def find_checkpoint(cfg: Config, resume: bool) -> dict | None:
     return state
 
 
-FACT_KEYS = ("mean", "std", "lr_max", "lr_min", "lr_find", "lr_find_seconds", "commit")
+@dataclass
+class RunFacts:
+    """What a run decided before its first step; stored in every checkpoint and in the run record."""
+    mean: list[float]
+    std: list[float]
+    lr_max: float
+    lr_min: float                                   # lr_max / div_factor, the schedule's first LR
+    lr_find: dict | None = None                     # the range test (LRFindResult.to_dict()); None with --max-lr
+    lr_find_seconds: float = 0.0
+    commit: list[dict] = field(default_factory=list)  # the code: one entry at the start, one more at every resume
+
+    @classmethod
+    def decided(cls, s: Setup, max_lr: float, found: LRFindResult | None = None, seconds: float = 0.0) -> RunFacts:
+        return cls(list(s.mean), list(s.std), max_lr, max_lr / s.cfg.div_factor, found.to_dict() if found else None,
+                   seconds, [code_version()])
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunFacts:
+        """From a checkpoint or a run record (other keys are ignored)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-def run_facts(s: Setup, max_lr: float, found: LRFindResult | None = None, seconds: float = 0.0) -> dict:
-    """What a run decided before training; stored in every checkpoint and in the record.
-    ``commit`` lists the code that ran it: one entry at the start, one more at every resume."""
-    return {"mean": list(s.mean), "std": list(s.std), "lr_max": max_lr, "lr_min": max_lr / s.cfg.div_factor,
-            "lr_find": found.to_dict() if found else None, "lr_find_seconds": seconds, "commit": [code_version()]}
-
-
-def build_record(s: Setup, facts: dict, result: FitResult, evaluation: dict, wall_seconds: float) -> dict:
+def build_record(s: Setup, facts: RunFacts, result: FitResult, evaluation: dict, wall_seconds: float) -> dict:
     """The run record (run.json): config, LRs, history, per-step LRs and the final evaluation."""
     history = result.history
     best = max(history, key=lambda row: row["test_acc"])
@@ -138,7 +153,7 @@ def build_record(s: Setup, facts: dict, result: FitResult, evaluation: dict, wal
         "train_images": int(len(s.data.train_labels)),
         "test_images": int(len(s.data.test_labels)),
         "classes": list(s.data.classes),
-        **facts,
+        **facts.to_dict(),
         "steps_per_epoch": len(s.train_loader),
         "peak_epoch": s.cfg.resolved_peak_epoch,
         "history": history,
@@ -185,26 +200,26 @@ def save_plots(record: dict, s: Setup, folder: str | Path) -> list[Path]:
 
 
 def decide_lr(s: Setup, model: torch.nn.Module, state: dict | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print) -> RunFacts:
     """LRMAX and LRMIN for this run: from the checkpoint being resumed, from cfg.max_lr, or from
-    the LR range test. Returns the run's facts (see ``run_facts``)."""
+    the LR range test."""
     cfg = s.cfg
     if state is not None:
-        facts = {k: state[k] for k in FACT_KEYS if k in state}
-        facts["commit"] = [*facts.get("commit", []), code_version(from_epoch=int(state["epoch"]))]
+        facts = RunFacts.from_dict(state)
+        facts.commit = [*facts.commit, code_version(from_epoch=int(state["epoch"]))]
     elif cfg.max_lr is not None:
-        facts = run_facts(s, cfg.max_lr)
+        facts = RunFacts.decided(s, cfg.max_lr)
     else:
         log(f"LR range test: {cfg.lr_find_iters} steps from {cfg.lr_find_start:g} to {cfg.lr_find_end:g}")
         tested = time.perf_counter()
         found = lr_range_test(s, model)
-        facts = run_facts(s, found.lr_max, found, time.perf_counter() - tested)
-    log(f"LRMAX {facts['lr_max']:.4g}, LRMIN {facts['lr_min']:.4g} (OneCycle peak at epoch "
+        facts = RunFacts.decided(s, found.lr_max, found, time.perf_counter() - tested)
+    log(f"LRMAX {facts.lr_max:.4g}, LRMIN {facts.lr_min:.4g} (OneCycle peak at epoch "
         f"{cfg.resolved_peak_epoch} of {cfg.epochs})")
     return facts
 
 
-def train(s: Setup, model: torch.nn.Module, facts: dict, resume: bool = True,
+def train(s: Setup, model: torch.nn.Module, facts: RunFacts, resume: bool = True,
           log: Callable[[str], None] = print, state: dict | None = None) -> FitResult:
     """Fit with OneCycle, continuing <output_dir>/checkpoint.pt when ``resume`` (a finished run
     is not retrained: its recorded table is shown). ``state``: that checkpoint if the caller
@@ -214,17 +229,17 @@ def train(s: Setup, model: torch.nn.Module, facts: dict, resume: bool = True,
         state = find_checkpoint(s.cfg, resume)
     if state is not None:
         log(f"resuming {checkpoint_path(s.cfg)} after epoch {state['epoch']} of {s.cfg.epochs}")
-    return fit(model, s.train_loader, s.test_loader, s.cfg, s.runtime, facts["lr_max"], checkpoint_path(s.cfg),
-               facts=facts, resume_state=state, log=log)
+    return fit(model, s.train_loader, s.test_loader, s.cfg, s.runtime, facts.lr_max, checkpoint_path(s.cfg),
+               facts=facts.to_dict(), resume_state=state, log=log)
 
 
-def finish(s: Setup, facts: dict, result: FitResult, log: Callable[[str], None] = print) -> dict:
+def finish(s: Setup, facts: RunFacts, result: FitResult, log: Callable[[str], None] = print) -> dict:
     """Evaluate the trained model, write <output_dir>/run.json and the plots; return the record."""
     out = prepare_output_dir(s.cfg.output_dir)
     evaluated = time.perf_counter()
     evaluation = full_evaluation(result.model, s.test_loader, s.runtime, s.data.classes, build_criterion(s.cfg))
     # compute time of the whole run, the same whether or not it was interrupted and resumed
-    wall = facts.get("lr_find_seconds", 0.0) + sum(row["seconds"] for row in result.history)
+    wall = facts.lr_find_seconds + sum(row["seconds"] for row in result.history)
     record = build_record(s, facts, result, evaluation, wall + time.perf_counter() - evaluated)
     (out / "run.json").write_text(json.dumps(record, indent=1))
     save_plots(record, s, out)

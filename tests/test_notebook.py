@@ -78,7 +78,7 @@ def test_the_weights_path_shows_the_record_and_loads_instead_of_training(shipped
     s = pipeline.setup(cfg)
     model = pipeline.new_model(cfg)
     facts = notebook.decide_lr(s, model, use_weights=True, record_path=record_path)
-    assert facts["lr_max"] == run.record["lr_max"] and facts["lr_find"] == run.record["lr_find"]
+    assert facts.lr_max == run.record["lr_max"] and facts.lr_find == run.record["lr_find"]
     result = notebook.train_or_load(s, model, facts, use_weights=True, weights=weights, record_path=record_path)
     out = capsys.readouterr().out
     assert "instead of training" in out and out.count("\n") >= len(run.record["history"]) + 2
