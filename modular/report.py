@@ -84,23 +84,9 @@ def seeds_table(records: list[dict], names: list[str]) -> str:
 
 def performance_table(bench: dict) -> str:
     """A Markdown table of a benchmark record."""
-    rows = [
-        (f"Training step, {bench['path']} (the trainer's default)", f"{bench['train_images_per_s']:.0f} images/s"),
-        (f"Training step, {bench['baseline_path']} (baseline: what the original ran)",
-         f"{bench['baseline_train_images_per_s']:.0f} images/s"),
-        ("Speedup of the default path", f"{bench['speedup']:.2f}×"),
-    ]
-    if "compiled_train_images_per_s" in bench:
-        rows.append(("Training step with `torch.compile` (`--compile`)",
-                     f"{bench['compiled_train_images_per_s']:.0f} images/s ({bench['compile_speedup']:.2f}× the default)"))
-    rows += [
-        ("Evaluation", f"{bench['eval_images_per_s']:.0f} images/s"),
-        ("Data pipeline (albumentations + DataLoader)",
-         f"{bench['data_images_per_s']:,.0f} images/s ({bench['data_to_train_ratio']:.0f}× the training step)"),
-        ("Achieved in the training step",
-         f"{bench['gflops_per_s']:.0f} GFLOP/s ({bench['train_gflop_per_image']:.2f} GFLOP/image)"),
-        ("Estimated 24-epoch run with evaluation and range test", f"{bench['est_full_run_hours']:.2f} h"),
-    ]
+    from modular.bench import bench_rows
+
+    rows = bench_rows(bench)
     head = (f"Measured by `python -m modular bench` on {bench['hardware']}, batch {bench['batch_size']}, "
             f"medians of {bench['repeats']} interleaved repeats:")
     return "\n".join([head, "", "| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])

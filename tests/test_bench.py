@@ -30,3 +30,15 @@ def test_the_table_says_what_limits_the_run():
     assert "0.07 h, limited by the data pipeline" in format_bench(record)
     del record["limited_by"]  # an older record
     assert "0.07 h" in format_bench(record)
+
+
+def test_the_table_shows_fp32_in_channels_last_against_the_baseline():
+    record = {"path": "cpu, bf16 autocast, channels_last", "baseline_path": "cpu, fp32, NCHW",
+              "train_images_per_s": 230.0, "baseline_train_images_per_s": 80.0, "speedup": 2.875,
+              "fp32_channels_last_train_images_per_s": 60.0, "fp32_channels_last_speedup": 0.75,
+              "eval_images_per_s": 900.0, "data_images_per_s": 6_000.0, "data_to_train_ratio": 26.0,
+              "gflops_per_s": 520.0, "train_gflop_per_image": 2.27, "est_full_run_hours": 1.5}
+    text = format_bench(record)
+    assert "fp32, channels_last" in text and "60 images/s (0.75× the baseline)" in text
+    del record["fp32_channels_last_train_images_per_s"]  # an older record: no row, no error
+    assert "channels_last (decides" not in format_bench(record)
