@@ -2,8 +2,9 @@
 
 Measures, in one process and interleaved (so that load from elsewhere hits all alike):
 the default training path of this device against a plain fp32 NCHW baseline (what the
-original did) and fp32 in channels_last (which decides fp32's layout in device.py), evaluation, the data pipeline, the achieved GFLOP/s, and the estimated time of
-a full 24-epoch run. Medians over repeats.
+original did) and fp32 in channels_last (which decides fp32's layout in device.py);
+evaluation, the data pipeline, the achieved GFLOP/s, and the estimated time of a full
+24-epoch run. Medians over repeats.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class StepTimer:
     """Times ``steps`` training steps of one configuration on a fixed synthetic batch."""
 
     def __init__(self, runtime: Runtime, cfg: Config, batch_size: int, compile_model: bool = False):
-        from modular.pipeline import new_model
+        from modular.prepare import new_model
 
         self.runtime = runtime
         self.model = runtime.prepare_model(new_model(cfg))

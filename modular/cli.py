@@ -165,11 +165,11 @@ def cmd_train(args, cfg: Config, argv: list[str]) -> int:
 
 def cmd_lr_find(args, cfg: Config) -> int:
     from modular import plots
-    from modular.pipeline import lr_range_test, new_model, prepare_output_dir, setup
+    from modular.pipeline import lr_range_test, prepare_output_dir
+    from modular.prepare import new_model, prepare
 
     out = prepare_output_dir(cfg.output_dir)
-    s = setup(cfg)
-    found = lr_range_test(s, new_model(cfg))
+    found = lr_range_test(prepare(cfg), new_model(cfg))
     (out / "lr_find.json").write_text(json.dumps(found.to_dict(), indent=1))
     plot = plots.save_figure(plots.plot_lr_finder(**found.to_dict()), out / "lr_range_test.png")
     steepest = "none" if found.steepest_lr is None else f"{found.steepest_lr:.3g}"
@@ -183,7 +183,7 @@ def cmd_evaluate(args) -> int:
     from modular.inference import load_for_evaluation
 
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, args.device)
-    result = full_evaluation(loaded.model, loaded.setup.test_loader, loaded.setup.runtime, loaded.setup.data.classes,
+    result = full_evaluation(loaded.model, loaded.prepared.test_loader, loaded.prepared.runtime, loaded.prepared.data.classes,
                              loaded.criterion)
     print(loaded.description)
     print(f"test accuracy {result['test_acc']:.2f}%  loss {result['test_loss']:.4f}  cross-entropy {result['test_ce']:.4f}  "
@@ -193,7 +193,7 @@ def cmd_evaluate(args) -> int:
     if args.record:
         from modular.weights import record_evaluation
 
-        record_evaluation(args.record, args.weights, result, loaded.setup.data.source)
+        record_evaluation(args.record, args.weights, result, loaded.prepared.data.source)
         print(f"noted in {args.record}")
     return 0
 
@@ -218,7 +218,7 @@ def cmd_gradcam(args) -> int:
 
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, device="cpu")
     record = json.loads(Path(args.record).read_text()) if args.record else None
-    path = save_figure(gradcam_figure(loaded.model, loaded.setup, record), args.output)
+    path = save_figure(gradcam_figure(loaded.model, loaded.prepared, record), args.output)
     print(f"Grad-CAM figure: {path}")
     return 0
 

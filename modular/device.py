@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import platform
 from dataclasses import dataclass
 
@@ -103,6 +104,12 @@ def select_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     dtype = torch.bfloat16 if fast and cpu_supports_bf16() else None
     # channels_last is what oneDNN's bf16 kernels want; fp32 stays NCHW, the layout `bench` measures as its baseline
     return Runtime(torch.device("cpu"), dtype, channels_last=dtype is not None)
+
+
+def fp32_cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """An fp32, NCHW copy of ``model`` on the CPU, for tools that expect one (torchsummary, Grad-CAM);
+    ``model`` itself is left as it is."""
+    return copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
 
 
 def hardware_name(device: torch.device) -> str:

@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from modular import plots
+from modular import galleries
 from modular.checkpoint import load_checkpoint, load_model_state
 from modular.config import Config
+from modular.device import fp32_cpu_copy
 from modular.evaluate import gallery_sample, misclassified, predict
 from modular.gradcam import gradcam_maps
-from modular.pipeline import Setup, new_model, setup
+from modular.prepare import Prepared, new_model, prepare
 from modular.train import build_criterion
 from modular.weights import load_weights
 
@@ -23,7 +23,7 @@ from modular.weights import load_weights
 @dataclass
 class Loaded:
     model: torch.nn.Module        # in eval mode, prepared for setup.runtime
-    setup: Setup                  # data, loaders and runtime, normalized with the model's own mean and std
+    prepared: Prepared            # data, loaders and runtime, normalized with the model's own mean and std
     criterion: torch.nn.Module    # the training criterion (label-smoothed)
     description: str              # one line: where the weights came from
 
@@ -45,24 +45,24 @@ def load_for_evaluation(checkpoint: str | None, weights: str | None, data_dir: s
         model = new_model(cfg)
         load_model_state(model, state, checkpoint)
         description = f"checkpoint {checkpoint}: epoch {state['epoch']} of {cfg.epochs}"
-    s = setup(cfg, mean=mean, std=std)
-    return Loaded(s.runtime.prepare_model(model).eval(), s, build_criterion(cfg), description)
+    prepared = prepare(cfg, mean=mean, std=std)
+    return Loaded(prepared.runtime.prepare_model(model).eval(), prepared, build_criterion(cfg), description)
 
 
-def gradcam_figure(model: torch.nn.Module, s: Setup, record: dict | None = None) -> Figure:
+def gradcam_figure(model: torch.nn.Module, prepared: Prepared, record: dict | None = None) -> Figure:
     """Grad-CAM maps for the predicted and the true class of the misclassified test images shown in
     misclassified.png: the record's (same images, same classes) when given, else the model's own.
     The maps are computed on an fp32 copy on the CPU (``model`` is left as it is)."""
     if record is not None:
         wrong = gallery_sample(record["misclassified"])
     else:
-        test = predict(model, s.test_loader, s.runtime)
+        test = predict(model, prepared.test_loader, prepared.runtime)
         wrong = gallery_sample(misclassified(test.labels, test.predicted))
     if not wrong:
-        return plots.plot_message("Grad-CAM: no misclassified test images, so nothing to explain")
+        return galleries.plot_message("Grad-CAM: no misclassified test images, so nothing to explain")
     indices = [w["index"] for w in wrong]
-    normalized = torch.stack([s.test_loader.dataset[i][0] for i in indices])
-    cpu_model = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
+    normalized = torch.stack([prepared.test_loader.dataset[i][0] for i in indices])
+    cpu_model = fp32_cpu_copy(model)
     predicted, actual = [w["predicted"] for w in wrong], [w["actual"] for w in wrong]
-    return plots.plot_gradcam(np.asarray(s.data.test_images[indices]), gradcam_maps(cpu_model, normalized, predicted),
-                              gradcam_maps(cpu_model, normalized, actual), predicted, actual, s.data.classes)
+    return galleries.plot_gradcam(np.asarray(prepared.data.test_images[indices]), gradcam_maps(cpu_model, normalized, predicted),
+                              gradcam_maps(cpu_model, normalized, actual), predicted, actual, prepared.data.classes)

@@ -3,7 +3,6 @@ table, and the path that uses the shipped weights instead of training (ERA_USE_W
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -14,6 +13,9 @@ import torch
 from modular import pipeline
 from modular.config import Config
 from modular.data import synthetic_cifar10, write_image_tree
+from modular.device import fp32_cpu_copy
+from modular.prepare import Prepared
+from modular.record import RunFacts
 from modular.train import TABLE_HEADER, FitResult, format_epoch
 from modular.weights import SHIPPED, load_weights
 
@@ -39,7 +41,7 @@ def print_model_summary(model: torch.nn.Module) -> None:
     """torchsummary's table on a (3, 32, 32) input, in eval mode so BatchNorm statistics stay put."""
     from torchsummary import summary
 
-    probe = copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    probe = fp32_cpu_copy(model).eval()
     summary(probe, (3, 32, 32), device="cpu")
 
 
@@ -59,27 +61,30 @@ def summary_table(record: dict) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def decide_lr(s: pipeline.Setup, model: torch.nn.Module, use_weights: bool,
-              record_path: Path = HEADLINE) -> pipeline.RunFacts:
-    """The run's LRMAX/LRMIN: with the shipped weights, the recorded run's (no range test is run);
-    otherwise the pipeline's decision (from the checkpoint being resumed, or a new range test)."""
-    if use_weights:
-        record = json.loads(Path(record_path).read_text())
-        facts = pipeline.RunFacts.from_dict(record)
-        print(f"recorded run ({Path(record_path).name}): LRMAX {facts.lr_max:.4g}, LRMIN {facts.lr_min:.4g}")
+def recorded_run(record_path: Path = HEADLINE) -> dict:
+    """The run record the shipped weights come from (read once; the notebook passes it on)."""
+    return json.loads(Path(record_path).read_text())
+
+
+def decide_lr(prepared: Prepared, model: torch.nn.Module, recorded: dict | None) -> RunFacts:
+    """The run's LRMAX/LRMIN: with the shipped weights (``recorded``: their run record), the recorded
+    run's (no range test is run); otherwise the pipeline's decision (from the checkpoint being
+    resumed, or a new range test)."""
+    if recorded is not None:
+        facts = RunFacts.from_dict(recorded)
+        print(f"recorded run (seed {recorded['seed']}): LRMAX {facts.lr_max:.4g}, LRMIN {facts.lr_min:.4g}")
         return facts
-    return pipeline.decide_lr(s, model, pipeline.find_checkpoint(s.cfg, resume=True))
+    return pipeline.decide_lr(prepared, model, pipeline.find_checkpoint(prepared.cfg, resume=True))
 
 
-def train_or_load(s: pipeline.Setup, model: torch.nn.Module, facts: pipeline.RunFacts, use_weights: bool,
-                  weights: Path = SHIPPED, record_path: Path = HEADLINE) -> FitResult:
-    """Train (or resume) as the pipeline does; with ``use_weights`` load the shipped weights into
-    ``model`` instead and show the recorded run's per-epoch table."""
-    if not use_weights:
-        return pipeline.train(s, model, facts, resume=True)
-    record = json.loads(Path(record_path).read_text())
-    model.load_state_dict(load_weights(weights).model.state_dict())
+def train_or_load(prepared: Prepared, model: torch.nn.Module, facts: RunFacts, recorded: dict | None,
+                  weights: Path = SHIPPED) -> FitResult:
+    """Train (or resume) ``model`` as the pipeline does; with the shipped weights (``recorded``: their
+    run record) return their model instead and show the recorded run's per-epoch table."""
+    if recorded is None:
+        return pipeline.train(prepared, model, facts, resume=True)
+    trained = load_weights(weights)
     print(f"loaded {Path(weights).name} instead of training; the recorded run's epochs:")
-    print("\n".join([TABLE_HEADER] + [format_epoch(row) for row in record["history"]]))
-    epochs = len(record["history"])
-    return FitResult(record["history"], record["lr_per_step"], s.runtime.prepare_model(model), resumed_from=epochs)
+    print("\n".join([TABLE_HEADER] + [format_epoch(row) for row in recorded["history"]]))
+    return FitResult(recorded["history"], recorded["lr_per_step"], prepared.runtime.prepare_model(trained.model),
+                     resumed_from=len(recorded["history"]))

@@ -1,4 +1,5 @@
-"""Every figure of the project: functions that take plain data and return a matplotlib ``Figure``.
+"""Charts (training curves, the range test, the schedule, the confusion matrix) and the figure
+helpers every plotting module shares: functions that take plain data and return a matplotlib ``Figure``.
 
 Nothing here calls ``plt.show`` or keeps state: figures are ``matplotlib.figure.Figure`` objects made
 outside pyplot, so they work headless (Agg), never pile up in pyplot, and, returned from a notebook
@@ -36,9 +37,16 @@ class _Figure(Figure):
         return buffer.getvalue()
 
 
-def _figure(height: float, width: float = WIDTH) -> Figure:
+def new_figure(height: float, width: float = WIDTH) -> Figure:
     """A new figure outside pyplot (no global state, no auto-display)."""
     return _Figure(figsize=(width, height), layout="constrained")
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Tensor or array-like -> numpy array (no torch import needed)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
@@ -52,114 +60,6 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- image galleries
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """Tensor or array-like -> numpy array (no torch import needed)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _displayable(images: Any, mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:
-    """Raw uint8 N x H x W x 3 or normalized N x 3 x H x W -> N x H x W x 3 ready for imshow."""
-    if mean is not None and std is not None:
-        from modular.transforms import denormalize  # lazy: keeps albumentations/cv2 out of a plain import
-
-        return np.asarray(denormalize(images, mean, std))
-    array = _to_numpy(images)
-    if array.ndim == 3:  # a single image
-        array = array[None]
-    if array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3):
-        array = np.moveaxis(array, 1, -1)  # channels first -> channels last
-    if array.dtype == np.uint8:
-        return array
-    array = array.astype(float)
-    return array / 255.0 if array.max(initial=0.0) > 1.0 else np.clip(array, 0.0, 1.0)
-
-
-def _class_name(label: Any, classes: Sequence[str]) -> str:
-    """A class index (int, numpy or tensor scalar) or an already-named label -> its name."""
-    if isinstance(label, str):
-        return label
-    return classes[int(label)]
-
-
-def _gallery(images: np.ndarray, titles: list[str], cols: int, cell: float, title: str) -> Figure:
-    """Images in a grid of ``cols`` columns, one title each, axes hidden."""
-    n = len(titles)
-    cols = max(1, min(cols, n))
-    rows = max(1, math.ceil(n / cols))
-    lines = max((t.count("\n") + 1 for t in titles), default=1)
-    fig = _figure(height=rows * (cell + 0.2 * lines) + 0.4, width=cols * cell)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i < n:
-            ax.imshow(images[i], interpolation="nearest")
-            ax.set_title(titles[i], fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def plot_samples(images: Any, labels: Sequence[Any], classes: Sequence[str], title: str,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, n: int = 16) -> Figure:
-    """The first ``n`` images in rows of 8 with their class names.
-
-    ``images``: raw uint8 N x H x W x 3, or normalized N x 3 x H x W (tensor or array) with ``mean``/``std``.
-    """
-    n = min(n, len(labels), len(images))
-    shown = _displayable(images[:n], mean, std)
-    titles = [_class_name(label, classes) for label in list(labels)[:n]]
-    return _gallery(shown, titles, cols=8, cell=1.0, title=title)
-
-
-def plot_misclassified(images: Any, predicted: Sequence[Any], actual: Sequence[Any], classes: Sequence[str],
-                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                       n: int = 20) -> Figure:
-    """Up to ``n`` misclassified images, titled "pred: <predicted>\\ntrue: <actual>", in rows of 5."""
-    n = min(n, len(predicted), len(actual), len(images))
-    shown = _displayable(images[:n], mean, std)
-    titles = [f"pred: {_class_name(p, classes)}\ntrue: {_class_name(a, classes)}"
-              for p, a in zip(list(predicted)[:n], list(actual)[:n])]
-    return _gallery(shown, titles, cols=5, cell=1.6, title=f"Misclassified test images ({n} shown)")
-
-
-def plot_message(text: str) -> Figure:
-    """A small figure that only says ``text`` (where a gallery has nothing to show)."""
-    fig = _figure(height=0.8)
-    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=10)
-    return fig
-
-
-def plot_gradcam(images: np.ndarray, maps_predicted: np.ndarray, maps_actual: np.ndarray, predicted: Sequence[Any],
-                 actual: Sequence[Any], classes: Sequence[str], per_row: int = 2) -> Figure:
-    """Each misclassified image (uint8 N x H x W x 3) beside its Grad-CAM maps (N x H x W in [0, 1])
-    for the predicted class and for the true class, ``per_row`` images to a row."""
-    n = len(images)
-    rows = max(1, math.ceil(n / per_row))
-    fig = _figure(height=rows * 1.45 + 0.5, width=per_row * 3 * 1.35)
-    axes = fig.subplots(rows, per_row * 3, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for i in range(n):
-        row, col = divmod(i, per_row)
-        image_ax, pred_ax, true_ax = axes[row, 3 * col: 3 * col + 3]
-        image_ax.imshow(images[i], interpolation="nearest")
-        image_ax.set_title(f"image {i + 1}", fontsize=7)
-        for ax, heat, label in ((pred_ax, maps_predicted[i], f"pred: {_class_name(predicted[i], classes)}"),
-                                (true_ax, maps_actual[i], f"true: {_class_name(actual[i], classes)}")):
-            ax.imshow(images[i], interpolation="nearest")
-            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="bilinear")
-            ax.set_title(label, fontsize=7)
-    fig.suptitle("Grad-CAM on Layer3's residual output (X + R2): evidence for the predicted and for the true class",
-                 fontsize=9)
-    return fig
-
-
-# --------------------------------------------------------------------------- training curves
-
 def plot_history(history: Sequence[Mapping[str, float]]) -> Figure:
     """Loss and accuracy per epoch, train and test, side by side; the best test accuracy marked.
 
@@ -168,7 +68,7 @@ def plot_history(history: Sequence[Mapping[str, float]]) -> Figure:
     training criterion (label smoothing included); the test's plain cross-entropy is drawn beside them.
     """
     epochs = np.array([row["epoch"] for row in history])
-    fig = _figure(height=3.6)
+    fig = new_figure(height=3.6)
     loss_ax, acc_ax = fig.subplots(1, 2)
 
     loss_ax.plot(epochs, [row["train_loss"] for row in history], "o-", ms=3, label="train (label-smoothed)")
@@ -212,7 +112,7 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], lr_max: float,
     curve and the divergence point: those are left out)."""
     lr = np.asarray(lrs, dtype=float)
     loss = np.asarray(losses, dtype=float)
-    fig = _figure(height=4.2)
+    fig = new_figure(height=4.2)
     ax = fig.subplots()
     if raw_losses is not None:
         ax.plot(lr, np.asarray(raw_losses, dtype=float), color="tab:blue", lw=0.8, alpha=0.3, label="raw loss (per batch)")
@@ -251,7 +151,7 @@ def plot_lr_schedule(lr_per_step: Sequence[float], steps_per_epoch: int, peak_ep
     """
     lr = np.asarray(lr_per_step, dtype=float)
     x = (np.arange(lr.size) + 1) / steps_per_epoch
-    fig = _figure(height=3.6)
+    fig = new_figure(height=3.6)
     ax = fig.subplots()
     ax.plot(x, lr, color="tab:blue", lw=1.5)
     ax.set(title="Learning-rate schedule (per step)", xlabel="epoch", ylabel="learning rate")
@@ -277,9 +177,9 @@ def plot_lr_schedule(lr_per_step: Sequence[float], steps_per_epoch: int, peak_ep
 
 def plot_confusion_matrix(matrix: Any, classes: Sequence[str]) -> Figure:
     """Counts with true class in rows and predicted class in columns, written in the cells."""
-    counts = _to_numpy(matrix)
+    counts = to_numpy(matrix)
     k = len(classes)
-    fig = _figure(height=7.0)
+    fig = new_figure(height=7.0)
     ax = fig.subplots()
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax, shrink=0.8, label="images")
@@ -305,7 +205,7 @@ def plot_per_class_accuracy(per_class_acc: Mapping[str, float] | Sequence[float]
     else:
         values = list(per_class_acc)
     acc = np.asarray(values, dtype=float)
-    fig = _figure(height=0.38 * len(classes) + 1.2)
+    fig = new_figure(height=0.38 * len(classes) + 1.2)
     ax = fig.subplots()
     positions = np.arange(len(classes))
     bars = ax.barh(positions, acc, color="tab:blue")

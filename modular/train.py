@@ -19,6 +19,8 @@ from modular.checkpoint import load_model_state, save_checkpoint
 from modular.config import Config
 from modular.device import Runtime
 from modular.evaluate import predict
+from modular.prepare import Prepared
+from modular.record import RunFacts
 from modular.schedule import advance, one_cycle
 
 
@@ -156,18 +158,19 @@ class FitResult:
     resumed_from: int = 0          # epochs already done when fit started
 
 
-def fit(model: torch.nn.Module, train_loader, test_loader, cfg: Config, runtime: Runtime, max_lr: float,
-        checkpoint_path: str | Path, facts: dict | None = None, resume_state: dict | None = None,
-        log: Callable[[str], None] = print, show_progress: bool | None = None) -> FitResult:
-    """Train ``cfg.epochs`` epochs with OneCycle peaking at ``max_lr``; evaluate and checkpoint after each.
-
-    ``facts`` (mean, std, lr_max, lr_min, ...) are stored in every checkpoint. ``resume_state``
-    (a loaded checkpoint) continues where it stopped: epochs already done are not redone.
+def fit(prepared: Prepared, model: torch.nn.Module, facts: RunFacts, checkpoint_path: str | Path,
+        resume_state: dict | None = None, log: Callable[[str], None] = print,
+        show_progress: bool | None = None) -> FitResult:
+    """Train ``cfg.epochs`` epochs with OneCycle peaking at ``facts.lr_max``; evaluate and checkpoint
+    after each. ``facts`` are stored in every checkpoint. ``resume_state`` (a loaded checkpoint)
+    continues where it stopped: epochs already done are not redone.
     """
     show_progress = interactive() if show_progress is None else show_progress
+    cfg, runtime = prepared.cfg, prepared.runtime
+    train_loader, test_loader = prepared.train_loader, prepared.test_loader
     model = runtime.prepare_model(model)
-    optimizer = build_optimizer(model, cfg, max_lr / cfg.div_factor, fused=runtime.fused_optimizer)
-    scheduler = one_cycle(optimizer, cfg, max_lr, len(train_loader))
+    optimizer = build_optimizer(model, cfg, facts.lr_min, fused=runtime.fused_optimizer)
+    scheduler = one_cycle(optimizer, cfg, facts.lr_max, len(train_loader))
     scaler = runtime.grad_scaler()
     criterion = build_criterion(cfg)
     history: list[dict] = []
@@ -207,7 +210,7 @@ def fit(model: torch.nn.Module, train_loader, test_loader, cfg: Config, runtime:
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                 "history": history, "lr_per_step": lr_per_step, "rng": {"torch": torch.get_rng_state()},
-                "config": cfg.to_dict(), **(facts or {}),
+                "config": cfg.to_dict(), **facts.to_dict(),
             }, checkpoint_path)
             log(format_epoch(row))
     return FitResult(history, lr_per_step, model, resumed_from=start)

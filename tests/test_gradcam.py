@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from custom_resnet import CustomResNet
-from modular import plots
+from modular import galleries
 from modular.gradcam import gradcam_maps, target_layer
 
 QUADRANTS = [(slice(0, 16), slice(0, 16)), (slice(0, 16), slice(16, 32)),
@@ -100,6 +100,6 @@ def test_the_figure_shows_image_predicted_and_true_maps(quadrant_model):
     model, images, labels = quadrant_model
     maps = gradcam_maps(model, images[:3], labels[:3].tolist())
     raw = (np.clip(images[:3].permute(0, 2, 3, 1).numpy() * 0.25 + 0.5, 0, 1) * 255).astype(np.uint8)
-    fig = plots.plot_gradcam(raw, maps, maps, [1, 2, 3], [0, 1, 2], ["a", "b", "c", "d"])
+    fig = galleries.plot_gradcam(raw, maps, maps, [1, 2, 3], [0, 1, 2], ["a", "b", "c", "d"])
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[:3] == ["image 1", "pred: b", "true: a"] and len(titles) == 9

@@ -15,6 +15,7 @@ from modular import pipeline
 from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.lr_finder import MIN_POINTS, RULE, SMOOTH_F, LRFinderError, LRFindResult, choose_lr_max, smooth
+from modular.prepare import new_model, prepare
 
 ITERS = 30
 
@@ -23,10 +24,10 @@ ITERS = 30
 def range_tested():
     """(config, model state before, model afterwards, result) of one 30-step range test."""
     cfg = Config(batch_size=32, lr_find_iters=ITERS, device="cpu", precision="fp32")
-    s = pipeline.setup(cfg, synthetic_cifar10(n_train=200, n_test=50, seed=3))
-    model = pipeline.new_model(cfg)
+    prepared = prepare(cfg, synthetic_cifar10(n_train=200, n_test=50, seed=3))
+    model = new_model(cfg)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    result = pipeline.lr_range_test(s, model)
+    result = pipeline.lr_range_test(prepared, model)
     return cfg, before, model, result
 
 

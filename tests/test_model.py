@@ -7,10 +7,10 @@ import re
 
 import pytest
 import torch
-import torchsummary
 from torch import nn
 
 from custom_resnet import CustomResNet
+from modular.notebook import print_model_summary
 
 N_PARAMS = 6_575_370
 SUMMARY_LAYERS = [
@@ -41,8 +41,9 @@ def images() -> torch.Tensor:
 
 
 def summary_text(model: nn.Module, capsys) -> str:
+    """The table the notebook prints (``notebook.print_model_summary``: torchsummary on a copy)."""
     capsys.readouterr()
-    torchsummary.summary(model.eval(), (3, 32, 32), device="cpu")
+    print_model_summary(model)
     return capsys.readouterr().out
 
 
@@ -62,10 +63,16 @@ def test_summary_table_rows_and_total(model, capsys):
     assert "Trainable params: 6,575,370" in text
 
 
-def test_summary_leaves_batchnorm_statistics_alone(capsys):
-    model = CustomResNet().eval()
+def test_summary_leaves_the_model_alone(capsys):
+    """The notebook prints the summary of the model it then trains: in train mode, channels_last and
+    bf16 as the runtime prepared it. Summarising must not touch its BatchNorm statistics, its mode,
+    dtype or layout (torchsummary runs a forward pass, which in train mode updates the statistics)."""
+    model = CustomResNet().to(torch.bfloat16, memory_format=torch.channels_last).train()
     before = copy.deepcopy(model.state_dict())
-    summary_text(model, capsys)
+    text = summary_text(model, capsys)
+    assert "Total params: 6,575,370" in text
+    assert model.training and model.prep[0].weight.dtype == torch.bfloat16
+    assert model.prep[0].weight.is_contiguous(memory_format=torch.channels_last)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

@@ -13,6 +13,7 @@ from helpers import ROOT, shared_run
 from modular import notebook, pipeline
 from modular.config import Config
 from modular.inference import gradcam_figure
+from modular.prepare import new_model, prepare
 from modular.weights import export_weights, load_weights
 
 NOTEBOOK = ROOT / "era_s10_cifar.ipynb"
@@ -75,25 +76,25 @@ def shipped(tmp_path_factory):
 def test_the_weights_path_shows_the_record_and_loads_instead_of_training(shipped, tmp_path, capsys):
     run, record_path, weights = shipped
     cfg = Config.from_dict(run.record["config"]).replace(output_dir=str(tmp_path / "out"), device="cpu")
-    s = pipeline.setup(cfg)
-    model = pipeline.new_model(cfg)
-    facts = notebook.decide_lr(s, model, use_weights=True, record_path=record_path)
+    prepared = prepare(cfg)
+    model = new_model(cfg)
+    recorded = notebook.recorded_run(record_path)
+    facts = notebook.decide_lr(prepared, model, recorded)
     assert facts.lr_max == run.record["lr_max"] and facts.lr_find == run.record["lr_find"]
-    result = notebook.train_or_load(s, model, facts, use_weights=True, weights=weights, record_path=record_path)
+    result = notebook.train_or_load(prepared, model, facts, recorded, weights=weights)
     out = capsys.readouterr().out
     assert "instead of training" in out and out.count("\n") >= len(run.record["history"]) + 2
     assert result.history == run.record["history"] and not (tmp_path / "out" / "checkpoint.pt").exists()
     images = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(result.model.eval()(images), load_weights(weights).model(images), atol=1e-5)
-    record = pipeline.finish(s, facts, result, log=lambda *_: None)
+    record = pipeline.finish(prepared, facts, result, log=lambda *_: None)
     assert abs(record["test_acc"] - run.record["test_acc"]) <= 1.0
-    assert gradcam_figure(result.model, s, record).axes
+    assert gradcam_figure(result.model, prepared, record).axes
 
 
 def test_gradcam_figure_with_nothing_misclassified_says_so(shipped, tmp_path):
     run = shipped[0]
     cfg = Config.from_dict(run.record["config"]).replace(output_dir=str(tmp_path), device="cpu")
-    s = pipeline.setup(cfg)
-    fig = gradcam_figure(pipeline.new_model(cfg), s, {**run.record, "misclassified": []})
+    fig = gradcam_figure(new_model(cfg), prepare(cfg), {**run.record, "misclassified": []})
     assert "no misclassified test images" in fig.texts[0].get_text()

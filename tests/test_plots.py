@@ -13,7 +13,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from modular import plots
+from modular import galleries, plots
 from modular.config import CIFAR10_CLASSES
 
 CLASSES = list(CIFAR10_CLASSES)
@@ -43,7 +43,7 @@ def _normalized(rng, n):
 def test_samples_raw_uint8(rng, tmp_path):
     images = rng.integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, size=20)
-    fig = plots.plot_samples(images, labels, CLASSES, "raw training images")
+    fig = galleries.plot_samples(images, labels, CLASSES, "raw training images")
     assert sum(ax.has_data() for ax in fig.axes) == 16
     _save(fig, tmp_path, "samples_raw")
 
@@ -51,15 +51,31 @@ def test_samples_raw_uint8(rng, tmp_path):
 def test_samples_normalized_tensor(rng, tmp_path):
     images = _normalized(rng, 16)
     labels = torch.from_numpy(rng.integers(0, 10, size=16))
-    fig = plots.plot_samples(images, labels, CLASSES, "augmented", mean=MEAN, std=STD, n=8)
+    fig = galleries.plot_samples(images, labels, CLASSES, "augmented", mean=MEAN, std=STD, n=8)
     assert [ax.get_title() for ax in fig.axes if ax.has_data()] == [CLASSES[i] for i in labels[:8].tolist()]
     _save(fig, tmp_path, "samples_normalized")
 
 
+def _lines(ax) -> dict[str, tuple[list, list]]:
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+
+
 def test_history(tmp_path):
-    history = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": 50.0 + 7 * e, "test_loss": 2.1 / e,
+    """Each curve holds its own column, and the star sits on the best test epoch (5), not the last."""
+    history = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": 50.0 + 7 * e, "test_loss": 2.1 / e, "test_ce": 1.5 / e,
                 "test_acc": 48.0 + 7 * e - (9.0 if e == 6 else 0.0), "lr": 0.1, "seconds": 10.0} for e in range(1, 7)]
-    _save(plots.plot_history(history), tmp_path, "history")
+    fig = plots.plot_history(history)
+    loss, acc = (_lines(ax) for ax in fig.axes[:2])
+    epochs = list(range(1, 7))
+    column = {key: [row[key] for row in history] for key in history[0]}
+    assert loss == {"train (label-smoothed)": (epochs, column["train_loss"]),
+                    "test (label-smoothed)": (epochs, column["test_loss"]),
+                    "test, plain cross-entropy": (epochs, column["test_ce"])}
+    assert acc["train"] == (epochs, column["train_acc"]) and acc["test"] == (epochs, column["test_acc"])
+    assert acc["best test 83.00% (epoch 5)"] == ([5], [83.0])
+    old = plots.plot_history([{k: v for k, v in row.items() if k != "test_ce"} for row in history])
+    assert "test, plain cross-entropy" not in _lines(old.axes[0])  # older records: no such column, no curve
+    _save(fig, tmp_path, "history")
 
 
 def test_lr_finder(rng, tmp_path):
@@ -87,21 +103,37 @@ def test_lr_schedule(tmp_path):
     up = np.linspace(0.004, 0.4, peak_epoch * steps_per_epoch)
     down = np.linspace(0.4, 0.0, (epochs - peak_epoch) * steps_per_epoch + 1)[1:]
     lrs = np.concatenate([up, down]).tolist()
-    _save(plots.plot_lr_schedule(lrs, steps_per_epoch, peak_epoch=peak_epoch), tmp_path, "lr_schedule")
-    _save(plots.plot_lr_schedule(lrs, steps_per_epoch), tmp_path, "lr_schedule_no_peak")
+    fig = plots.plot_lr_schedule(lrs, steps_per_epoch, peak_epoch=peak_epoch)
+    ax = fig.axes[0]
+    curve, peak = ax.get_lines()[:2]
+    # step i at (i + 1) / steps: the last step of epoch e sits at x = e, so the peak is drawn at x = 2
+    assert np.allclose(curve.get_xdata(), np.arange(1, 61) / 10) and np.allclose(curve.get_ydata(), lrs)
+    assert (peak.get_xdata()[0], peak.get_ydata()[0]) == pytest.approx((2.0, 0.4))
+    assert [t.get_text() for t in ax.texts] == ["peak LR 0.4\nat epoch 2"]
+    _save(fig, tmp_path, "lr_schedule")
+    unnamed = plots.plot_lr_schedule(lrs, steps_per_epoch)  # no peak epoch given: the step is named
+    assert [t.get_text() for t in unnamed.axes[0].texts] == ["peak LR 0.4\nat epoch 2 (step 20)"]
+    _save(unnamed, tmp_path, "lr_schedule_no_peak")
 
 
 def test_misclassified(rng, tmp_path):
     images = _normalized(rng, 12)
     predicted = rng.integers(0, 10, size=12)
     actual = (predicted + 1) % 10
-    fig = plots.plot_misclassified(images, predicted, actual, CLASSES, mean=MEAN, std=STD)
+    fig = galleries.plot_misclassified(images, predicted, actual, CLASSES, mean=MEAN, std=STD)
+    shown = [ax for ax in fig.axes if ax.has_data()]
+    assert len(shown) == 12 and "(12 shown)" in fig._suptitle.get_text()
+    assert [ax.get_title() for ax in shown] == [f"pred: {CLASSES[p]}\ntrue: {CLASSES[a]}" for p, a in zip(predicted, actual)]
+    # each cell shows its own image, de-normalized back to [0, 1]
+    restored = images.permute(0, 2, 3, 1).numpy() * np.asarray(STD) + np.asarray(MEAN)
+    for ax, image in zip(shown, restored):
+        assert np.allclose(ax.get_images()[0].get_array(), np.clip(image, 0, 1), atol=1e-5)
     _save(fig, tmp_path, "misclassified")
 
 
 def test_misclassified_titles_are_pred_then_true(rng):
     images = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
-    fig = plots.plot_misclassified(images, [3, 0, 9], [5, 1, 8], CLASSES)
+    fig = galleries.plot_misclassified(images, [3, 0, 9], [5, 1, 8], CLASSES)
     titles = [ax.get_title() for ax in fig.axes if ax.has_data()]
     assert titles == ["pred: cat\ntrue: dog", "pred: airplane\ntrue: automobile", "pred: truck\ntrue: ship"]
 
@@ -118,8 +150,14 @@ def test_confusion_matrix(rng, tmp_path):
 @pytest.mark.parametrize("as_dict", [True, False])
 def test_per_class_accuracy(rng, tmp_path, as_dict):
     values = rng.uniform(80, 99, size=10)
-    acc = dict(zip(CLASSES, values)) if as_dict else values.tolist()
-    _save(plots.plot_per_class_accuracy(acc, CLASSES), tmp_path, f"per_class_{as_dict}")
+    acc = dict(reversed(list(zip(CLASSES, values)))) if as_dict else values.tolist()  # a mapping in another order
+    fig = plots.plot_per_class_accuracy(acc, CLASSES)
+    ax = fig.axes[0]
+    widths = [bar.get_width() for bar in ax.patches]
+    assert widths == pytest.approx(values.tolist())  # bar i is class i, whatever the mapping's order
+    assert [label.get_text() for label in ax.get_yticklabels()] == list(CLASSES)
+    assert [t.get_text() for t in ax.texts] == [f"{v:.1f}%" for v in values]
+    _save(fig, tmp_path, f"per_class_{as_dict}")
 
 
 def test_save_figure_closes_pyplot_figures(tmp_path):

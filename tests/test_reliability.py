@@ -37,6 +37,8 @@ from modular import train as train_module
 from modular.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from modular.config import Config
 from modular.data import synthetic_cifar10
+from modular.prepare import new_model, prepare
+from modular.record import RunFacts
 from modular.train import DivergenceError, fit
 
 # 128 images, batch 32: 4 steps an epoch, about a second or two each epoch on a CPU
@@ -149,7 +151,7 @@ def test_a_stop_signal_says_how_to_resume_and_keeps_the_checkpoint(tree, tmp_pat
 def test_the_resume_hint_comes_from_mains_own_arguments(tree, tmp_path, monkeypatch, capsys):
     """main(argv) called from Python: the hint repeats argv, not the interpreter's sys.argv; the
     SIGTERM handler lives only while training."""
-    from modular import cli, pipeline
+    from modular import cli
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
@@ -526,9 +528,8 @@ def test_cli_divergence_stops_the_run_with_a_clear_message(tree, tmp_path):
 
 
 def fit_small(cfg: Config, path: Path, seed: int = 4):
-    s = pipeline.setup(cfg, synthetic_cifar10(n_train=64, n_test=20, seed=seed))
-    return fit(pipeline.new_model(cfg), s.train_loader, s.test_loader, cfg, s.runtime, cfg.max_lr, path,
-               log=lambda *_: None)
+    prepared = prepare(cfg, synthetic_cifar10(n_train=64, n_test=20, seed=seed))
+    return fit(prepared, new_model(cfg), RunFacts.decided(prepared, cfg.max_lr), path, log=lambda *_: None)
 
 
 def wrap_train_epoch(monkeypatch, change):
@@ -603,9 +604,9 @@ def test_unwritable_output_dir(command, where, tree, blocker, capsys):
 
 def fit_history(seed: int, out: Path) -> tuple[list[dict], dict]:
     cfg = Config(batch_size=32, epochs=2, max_lr=0.1, device="cpu", precision="fp32", seed=seed, output_dir=str(out))
-    s = pipeline.setup(cfg, synthetic_cifar10(n_train=96, n_test=30, seed=5))
-    result = fit(pipeline.new_model(cfg), s.train_loader, s.test_loader, cfg, s.runtime, cfg.max_lr,
-                 out / "checkpoint.pt", log=lambda *_: None)
+    prepared = prepare(cfg, synthetic_cifar10(n_train=96, n_test=30, seed=5))
+    result = fit(prepared, new_model(cfg), RunFacts.decided(prepared, cfg.max_lr), out / "checkpoint.pt",
+                 log=lambda *_: None)
     return without_seconds(result.history), result.model.state_dict()
 
 

@@ -10,7 +10,7 @@ import torch
 from modular.data import channel_stats, synthetic_cifar10
 
 # aliased: a module-level name test_* would be collected by pytest as a test
-from modular.transforms import denormalize, train_transforms
+from modular.transforms import denormalize, reseed, train_transforms
 from modular.transforms import test_transforms as make_test_transforms
 
 N_SAMPLES = 200
@@ -85,11 +85,17 @@ def test_cutout_off_leaves_no_zeros(grid_image, norm):
         assert not (transform(image=grid_image)["image"] == 0).any()
 
 
-def test_cutout_hole_is_the_mean_after_denormalize(grid_image, norm):
-    out = train_transforms(*norm, cutout_p=1.0, seed=4)(image=grid_image)["image"]
-    hole = (out == 0).all(dim=0).numpy()
-    restored = denormalize(out, *norm)
-    assert np.allclose(restored[hole], np.asarray(norm[0]), atol=1e-6)
+def test_cutout_hole_is_filled_with_the_dataset_mean(norm):
+    """On a white image every pixel but the hole stays white, so the hole is found without assuming
+    how it is filled; de-normalized, it must be the dataset mean (a black fill, a random fill or no
+    hole at all fail)."""
+    white = np.full((32, 32, 3), 255, np.uint8)
+    transform = train_transforms(*norm, cutout_p=1.0, seed=4)
+    for _ in range(10):
+        restored = denormalize(transform(image=white)["image"], *norm)  # H x W x 3 in [0, 1]
+        hole = ~np.isclose(restored, 1.0, atol=1e-5).all(axis=-1)
+        assert hole.sum() == 64, "not exactly one 8x8 hole"
+        assert np.allclose(restored[hole], np.asarray(norm[0]), atol=1e-5)
 
 
 def test_test_pipeline_only_normalizes(grid_image, norm):
@@ -140,11 +146,23 @@ def test_same_seed_same_outputs(grid_image, norm):
     assert not torch.equal(a, c)
 
 
-def test_reseeding_reproduces_outputs(grid_image, norm):
+def test_reseed_makes_flip_and_crop_independent(grid_image, norm, locate_window):
+    """``reseed`` gives the steps one shared stream. With albumentations' ``set_random_seed`` every
+    step gets its own generator with the same seed, and the first image of a seed is flipped
+    exactly when its crop starts near the top (both read the same first draw)."""
+    first = [locate_window(train_transforms(*norm, cutout_p=0.0, seed=seed)(image=grid_image)["image"], grid_image, *norm)
+             for seed in range(60)]
+    near_top = [flipped for y, _, flipped in first if y <= 3]
+    lower = [flipped for y, _, flipped in first if y >= 5]
+    assert near_top and lower
+    assert 0 < sum(near_top) < len(near_top) or 0 < sum(lower) < len(lower), "flip decided by the crop position"
+
+
+def test_reseed_restarts_the_stream(grid_image, norm):
     transform = train_transforms(*norm)
-    transform.set_random_seed(42)
+    reseed(transform, 42)
     a = [transform(image=grid_image)["image"] for _ in range(5)]
-    transform.set_random_seed(42)
+    reseed(transform, 42)
     b = [transform(image=grid_image)["image"] for _ in range(5)]
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 

@@ -1,0 +1,66 @@
+"""The run record: what a run decided before its first step (``RunFacts``, also in every
+checkpoint) and the record written as run.json when it ends."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from modular.device import hardware_name, versions
+from modular.prepare import Prepared
+from modular.provenance import code_version
+
+
+@dataclass
+class RunFacts:
+    """What a run decided before its first step; stored in every checkpoint and in the run record."""
+    mean: list[float]
+    std: list[float]
+    lr_max: float
+    lr_min: float                                   # lr_max / div_factor, the schedule's first LR
+    lr_find: dict | None = None                     # the range test (LRFindResult.to_dict()); None with --max-lr
+    lr_find_seconds: float = 0.0
+    commit: list[dict] = field(default_factory=list)  # the code: one entry at the start, one more at every resume
+
+    @classmethod
+    def decided(cls, prepared: Prepared, max_lr: float, found=None, seconds: float = 0.0) -> RunFacts:
+        """For a new run: ``max_lr`` from the range test ``found`` (an LRFindResult) or from --max-lr."""
+        return cls(list(prepared.mean), list(prepared.std), max_lr, max_lr / prepared.cfg.div_factor,
+                   found.to_dict() if found else None, seconds, [code_version()])
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunFacts:
+        """From a checkpoint or a run record (other keys are ignored)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_per_step: list[float],
+                 evaluation: dict, wall_seconds: float) -> dict:
+    """The run record (run.json): config, LRs, history, per-step LRs and the final evaluation."""
+    best = max(history, key=lambda row: row["test_acc"])
+    data, runtime = prepared.data, prepared.runtime
+    return {
+        "config": prepared.cfg.to_dict(),
+        "seed": prepared.cfg.seed,
+        "data_source": data.source,
+        "train_images": int(len(data.train_labels)),
+        "test_images": int(len(data.test_labels)),
+        "classes": list(data.classes),
+        **facts.to_dict(),
+        "steps_per_epoch": len(prepared.train_loader),
+        "peak_epoch": prepared.cfg.resolved_peak_epoch,
+        "history": history,
+        "lr_per_step": lr_per_step,
+        **evaluation,
+        "best_test_acc": best["test_acc"],
+        "best_epoch": best["epoch"],
+        "seconds_per_epoch": sum(row["seconds"] for row in history) / len(history),
+        "wall_seconds": wall_seconds,
+        "device": runtime.device.type,
+        "precision": runtime.precision,
+        "channels_last": runtime.channels_last,
+        "hardware": hardware_name(runtime.device),
+        "versions": versions(),
+    }
