@@ -4,10 +4,14 @@ checkpoint) and the record written as run.json when it ends."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from modular.device import hardware_name, versions
 from modular.prepare import Prepared
 from modular.provenance import code_version
+
+if TYPE_CHECKING:  # annotation only: the record needs no range-test code at run time
+    from modular.lr_finder import LRFindResult
 
 
 @dataclass
@@ -22,8 +26,8 @@ class RunFacts:
     commit: list[dict] = field(default_factory=list)  # the code: one entry at the start, one more at every resume
 
     @classmethod
-    def decided(cls, prepared: Prepared, max_lr: float, found=None, seconds: float = 0.0) -> RunFacts:
-        """For a new run: ``max_lr`` from the range test ``found`` (an LRFindResult) or from --max-lr."""
+    def decided(cls, prepared: Prepared, max_lr: float, found: LRFindResult | None = None, seconds: float = 0.0) -> RunFacts:
+        """For a new run: ``max_lr`` from the range test ``found`` or from --max-lr."""
         return cls(list(prepared.mean), list(prepared.std), max_lr, max_lr / prepared.cfg.div_factor,
                    found.to_dict() if found else None, seconds, [code_version()])
 
