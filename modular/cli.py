@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from modular.config import DEVICES, OPTIMIZERS, PRECISIONS, Config, ConfigError
+from modular.config import DEVICES, LR_RULES, OPTIMIZERS, PRECISIONS, Config, ConfigError
 
 
 def _positive_int(text: str) -> int:
@@ -43,6 +43,14 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=Config.batch_size)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=Config.optimizer)
+    p.add_argument("--label-smoothing", type=float, default=Config.label_smoothing,
+                   help="cross-entropy label smoothing, in [0, 1) (default: %(default)s)")
+    p.add_argument("--logit-scale", type=float, default=Config.logit_scale,
+                   help="the model's logits are multiplied by this, > 0; 1 gives raw logits (default: %(default)s)")
+    p.add_argument("--lr-rule", choices=LR_RULES, default=Config.lr_rule,
+                   help="how LRMAX is read off the range test: 'minimum', the smoothed loss's minimum before "
+                   "divergence; 'steepest', torch-lr-finder's steepest-descent suggestion (the original's) "
+                   "(default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, default=Config.device)
     p.add_argument("--precision", choices=PRECISIONS, default=Config.precision,
                    help="auto: bf16/fp16 autocast where the hardware supports it; fp32: force fp32")
@@ -173,7 +181,8 @@ def cmd_lr_find(args, cfg: Config) -> int:
     (out / "lr_find.json").write_text(json.dumps(found.to_dict(), indent=1))
     plot = plots.save_figure(plots.plot_lr_finder(**found.to_dict()), out / "lr_range_test.png")
     steepest = "none" if found.steepest_lr is None else f"{found.steepest_lr:.3g}"
-    print(f"LRMAX {found.lr_max:.4g}  LRMIN {found.lr_min:.4g}; diverged at LR {found.diverged_lr:.3g}; "
+    diverged = "never diverged" if found.diverged_lr is None else f"diverged at LR {found.diverged_lr:.3g}"
+    print(f"LRMAX {found.lr_max:.4g}  LRMIN {found.lr_min:.4g}; {diverged}; "
           f"torch-lr-finder's steepest-descent suggestion {steepest}; plot: {plot}\nrule: {found.rule}")
     return 0
 

@@ -18,6 +18,9 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 )
 
 OPTIMIZERS = ("sgd", "adam")
+# How LRMAX is read off the range test: "minimum" is the project's divergence-aware rule
+# (lr_finder.RULE); "steepest" is torch-lr-finder's own suggestion, what the original used.
+LR_RULES = ("minimum", "steepest")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32")
 
@@ -61,6 +64,7 @@ class Config:
     lr_find_start: float = 1e-4
     lr_find_end: float = 10.0
     lr_find_iters: int = 100
+    lr_rule: str = "minimum"             # LR_RULES; records made before the field read as "minimum"
 
     # run
     seed: int = 0
@@ -93,6 +97,9 @@ class Config:
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"),
             (0 < self.lr_find_start < self.lr_find_end,
              f"LR range test needs 0 < start < end (got {self.lr_find_start}, {self.lr_find_end})"),
+            (self.lr_rule in LR_RULES, f"LR rule must be one of {', '.join(LR_RULES)} (got {self.lr_rule!r})"),
+            (0.0 <= self.label_smoothing < 1.0, f"label smoothing must lie in [0, 1) (got {self.label_smoothing})"),
+            (0 < self.logit_scale < math.inf, f"logit scale must be a number > 0 (got {self.logit_scale})"),
             (self.lr_find_iters >= 20, f"LR range test needs at least 20 iterations (got {self.lr_find_iters})"),
         ]
         for ok, message in checks:

@@ -29,6 +29,9 @@ SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's window for its own steepest-de
 RULE = ("LRMAX is the LR at the minimum of the smoothed loss before divergence (the first point where the smoothed "
         "loss climbs above its lowest value so far by half the drop from the start to that value, or by 2% of the "
         "starting loss if that is more); LRMIN = LRMAX / div_factor")
+STEEPEST_RULE = ("LRMAX is torch-lr-finder's suggestion, the LR of the steepest descent of the smoothed loss between its "
+                 f"first {SKIP_START} and last {SKIP_END} points (the original's rule); LRMIN = LRMAX / div_factor")
+RULES = {"minimum": RULE, "steepest": STEEPEST_RULE}
 
 
 class LRFinderError(RuntimeError):
@@ -40,8 +43,8 @@ class LRChoice:
     """What the rule read off a smoothed curve (indices into the curve)."""
     lr_max: float
     min_index: int
-    diverged_index: int
-    diverged_lr: float
+    diverged_index: int | None  # None: never diverged (possible under the "steepest" rule only)
+    diverged_lr: float | None
     steepest_lr: float | None  # the library's suggestion, for comparison only
 
 
@@ -99,10 +102,18 @@ def find_divergence(smoothed: np.ndarray, stopped_early: bool) -> int | None:
     return len(smoothed) - 1 if stopped_early else None
 
 
-def choose_lr_max(lrs: list[float], smoothed: list[float], stopped_early: bool = False) -> LRChoice:
-    """Apply RULE to a smoothed range-test curve; LRFinderError if the curve cannot be used."""
+def choose_lr_max(lrs: list[float], smoothed: list[float], stopped_early: bool = False, rule: str = "minimum") -> LRChoice:
+    """Apply RULES[rule] to a smoothed range-test curve; LRFinderError if the curve cannot be used.
+    The divergence point is found under either rule: the plot and the record show it."""
     lrs_a, curve = np.asarray(lrs, float), np.asarray(smoothed, float)
     diverged = find_divergence(curve, stopped_early)
+    steepest = steepest_descent_lr(lrs_a, curve[:finite_length(curve)])
+    if rule == "steepest":
+        if steepest is None:
+            raise LRFinderError(f"the range test stopped after {finite_length(curve)} finite points, too few for "
+                                f"torch-lr-finder's suggestion: lower --lr-find-end or raise --lr-find-iters")
+        at = int(np.flatnonzero(lrs_a == steepest)[0])
+        return LRChoice(steepest, at, diverged, None if diverged is None else float(lrs_a[diverged]), steepest)
     if diverged is None:
         raise LRFinderError(f"the loss never diverged up to LR {lrs_a[-1]:.3g}, so its minimum is not yet in sight: "
                             "raise --lr-find-end")
@@ -111,8 +122,7 @@ def choose_lr_max(lrs: list[float], smoothed: list[float], stopped_early: bool =
         raise LRFinderError(
             f"the LR range test diverged almost at once (lowest loss at point {min_index + 1} of {len(curve)}, diverged "
             f"near LR {lrs_a[diverged]:.3g}): lower --lr-find-end or raise --lr-find-iters")
-    return LRChoice(float(lrs_a[min_index]), min_index, diverged, float(lrs_a[diverged]),
-                    steepest_descent_lr(lrs_a, curve[:finite_length(curve)]))
+    return LRChoice(float(lrs_a[min_index]), min_index, diverged, float(lrs_a[diverged]), steepest)
 
 
 def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: torch.nn.Module,
@@ -144,6 +154,6 @@ def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criteri
     finally:
         finder.reset()  # weights, BN statistics and optimizer state as before the test
     smoothed = smooth(raw)
-    choice = choose_lr_max(lrs, smoothed, stopped_early=len(lrs) < cfg.lr_find_iters)
+    choice = choose_lr_max(lrs, smoothed, stopped_early=len(lrs) < cfg.lr_find_iters, rule=cfg.lr_rule)
     return LRFindResult(lrs, smoothed, choice.lr_max, choice.lr_max / cfg.div_factor, choice.steepest_lr,
-                        raw_losses=raw, diverged_lr=choice.diverged_lr)
+                        rule=RULES[cfg.lr_rule], raw_losses=raw, diverged_lr=choice.diverged_lr)

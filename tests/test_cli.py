@@ -65,8 +65,31 @@ def test_no_subcommand_is_a_usage_error(capsys):
 def test_train_help_lists_the_documented_flags(results):
     text = results["help train"].stdout
     for flag in ("--data-dir", "--epochs", "--batch-size", "--max-lr", "--peak-epoch", "--resume", "--output-dir",
-                 "--device", "--precision", "--seed", "--subset", "--lr-find-end", "--lr-find-iters", "--optimizer"):
+                 "--device", "--precision", "--seed", "--subset", "--lr-find-end", "--lr-find-iters", "--optimizer",
+                 "--label-smoothing", "--logit-scale", "--lr-rule"):
         assert flag in text, flag
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_ablation_flags_reach_the_config(command):
+    from modular.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args([command, "--label-smoothing", "0", "--logit-scale", "1", "--lr-rule", "steepest"])
+    cfg = config_from_args(args)
+    assert (cfg.label_smoothing, cfg.logit_scale, cfg.lr_rule) == (0.0, 1.0, "steepest")
+    defaults = config_from_args(build_parser().parse_args([command]))
+    assert (defaults.label_smoothing, defaults.logit_scale, defaults.lr_rule) == (0.2, 0.125, "minimum")
+
+
+def test_a_record_made_before_the_lr_rule_flag_reads_as_the_default_rule():
+    from helpers import ROOT
+
+    from modular.config import Config
+
+    stored = json.loads((ROOT / "results" / "headline.json").read_text())["config"]
+    assert "lr_rule" not in stored
+    assert Config.from_dict(stored).lr_rule == "minimum"
+    assert Config.from_dict(stored).differences(Config.from_dict({**stored, "lr_rule": "minimum"})) == []
 
 
 def test_stats_prints_the_counts_table(results, tmp_path_factory):

@@ -163,3 +163,31 @@ def test_nan_within_the_first_points_says_what_to_change():
     with pytest.raises(LRFinderError) as caught:
         choose_lr_max(lrs.tolist(), loss)
     assert "--lr-find-end" in str(caught.value) and f"{lrs[8]:.3g}" in str(caught.value)
+
+
+def test_the_steepest_rule_takes_the_librarys_suggestion_even_in_the_diverged_region():
+    """--lr-rule steepest reads LRMAX as the original did; on the recorded JPEG curve that is 3.13,
+    past the divergence the default rule stops at."""
+    found = json.loads((ROOT / "results" / "jpeg-seed0.json").read_text())["lr_find"]
+    default = choose_lr_max(found["lrs"], found["losses"])
+    steepest = choose_lr_max(found["lrs"], found["losses"], rule="steepest")
+    assert steepest.lr_max == steepest.steepest_lr == pytest.approx(found["steepest_lr"])
+    assert steepest.lr_max > default.diverged_lr == steepest.diverged_lr
+
+
+def test_the_steepest_rule_needs_no_divergence():
+    lrs = np.geomspace(1e-4, 1e-2, 100)
+    loss = 2.3 - 0.4 / (1 + np.exp(-(np.arange(100) - 50) / 4))  # steepest fall at point 50, never rises
+    choice = choose_lr_max(lrs.tolist(), loss.tolist(), rule="steepest")
+    assert choice.lr_max == pytest.approx(lrs[50]) and choice.diverged_lr is None
+    with pytest.raises(LRFinderError, match="too few"):
+        choose_lr_max(lrs[:12].tolist(), [float("nan")] * 12, rule="steepest")
+
+
+def test_range_test_under_the_steepest_rule_records_it():
+    from modular.lr_finder import STEEPEST_RULE
+
+    cfg = Config(batch_size=32, lr_find_iters=ITERS, device="cpu", precision="fp32", lr_rule="steepest")
+    result = pipeline.lr_range_test(prepare(cfg, synthetic_cifar10(n_train=200, n_test=50, seed=3)), new_model(cfg))
+    assert result.rule == STEEPEST_RULE and result.lr_max == result.steepest_lr
+    assert result.lr_min == pytest.approx(result.lr_max / cfg.div_factor)

@@ -274,6 +274,12 @@ BAD_CONFIGS = {
     "optimizer foo": (["--optimizer", "foo"], "--optimizer"),
     "subset larger than the data": (["--subset", "1000"], "subset of 1000"),
     "lr-find-iters 5": (["--lr-find-iters", "5"], "at least 20 iterations"),
+    "label smoothing 1": (["--label-smoothing", "1"], "label smoothing must lie in [0, 1)"),
+    "label smoothing -0.1": (["--label-smoothing", "-0.1"], "label smoothing must lie in [0, 1)"),
+    "label smoothing nan": (["--label-smoothing", "nan"], "label smoothing must lie in [0, 1)"),
+    "logit scale 0": (["--logit-scale", "0"], "logit scale must be a number > 0"),
+    "logit scale inf": (["--logit-scale", "inf"], "logit scale must be a number > 0"),
+    "lr rule foo": (["--lr-rule", "foo"], "--lr-rule"),
 }
 
 
