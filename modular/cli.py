@@ -172,13 +172,21 @@ def cmd_train(args, cfg: Config, argv: list[str]) -> int:
 
 
 def cmd_lr_find(args, cfg: Config) -> int:
+    import time
+
     from modular import plots
     from modular.pipeline import lr_range_test, prepare_output_dir
     from modular.prepare import new_model, prepare
+    from modular.record import build_lr_find_record
 
     out = prepare_output_dir(cfg.output_dir)
-    found = lr_range_test(prepare(cfg), new_model(cfg))
-    (out / "lr_find.json").write_text(json.dumps(found.to_dict(), indent=1))
+    prepared = prepare(cfg)
+    print(f"data: {prepared.data.source}; device: {prepared.runtime.describe()}; LR range test: {cfg.lr_find_iters} "
+          f"steps from {cfg.lr_find_start:g} to {cfg.lr_find_end:g}", flush=True)
+    started = time.perf_counter()
+    found = lr_range_test(prepared, new_model(cfg))
+    record = build_lr_find_record(prepared, found, time.perf_counter() - started)
+    (out / "lr_find.json").write_text(json.dumps(record, indent=1))
     plot = plots.save_figure(plots.plot_lr_finder(**found.to_dict()), out / "lr_range_test.png")
     steepest = "none" if found.steepest_lr is None else f"{found.steepest_lr:.3g}"
     diverged = "never diverged" if found.diverged_lr is None else f"diverged at LR {found.diverged_lr:.3g}"

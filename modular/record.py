@@ -68,3 +68,25 @@ def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_pe
         "hardware": hardware_name(runtime.device),
         "versions": versions(),
     }
+
+
+def build_lr_find_record(prepared: Prepared, found: LRFindResult, seconds: float) -> dict:
+    """The record of a range test alone (lr_find.json): the range test under "lr_find", as in a run
+    record, with what it ran on, so several seeds' tests can be gathered and compared."""
+    data, runtime = prepared.data, prepared.runtime
+    return {
+        "config": prepared.cfg.to_dict(),
+        "seed": prepared.cfg.seed,
+        "data_source": data.source,
+        "train_images": int(len(data.train_labels)),
+        "mean": list(prepared.mean),
+        "std": list(prepared.std),
+        "lr_find": found.to_dict(),
+        "lr_find_seconds": seconds,
+        "commit": [code_version()],
+        "device": runtime.device.type,
+        "precision": runtime.precision,
+        "hardware": hardware_name(runtime.device),
+        "versions": versions(),
+    }
+

@@ -120,7 +120,10 @@ def test_evaluate_prints_the_test_accuracy_of_the_checkpoint(results):
 def test_lr_find_writes_its_json_and_plot(results):
     result, out = results["lr-find"], results["lr-find out"]
     assert result.returncode == 0, describe(result)
-    found = json.loads((out / "lr_find.json").read_text())
+    record = json.loads((out / "lr_find.json").read_text())
+    assert record["config"]["lr_find_iters"] == 20 and record["seed"] == 0 and record["precision"] == "fp32"
+    assert record["data_source"] and record["hardware"] and record["commit"][0]["from_epoch"] == 0
+    found = record["lr_find"]
     assert {"lrs", "losses", "lr_max", "lr_min", "steepest_lr", "rule"} <= set(found)
     assert found["lr_max"] > found["lr_min"] > 0
     assert found["lr_min"] == pytest.approx(found["lr_max"] / 100)
