@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from modular.checkpoint import RESUME_REQUIRED, CheckpointError, load_checkpoint
+from modular.checkpoint import RESUME_REQUIRED, CheckpointError, load_checkpoint, load_model_state
 from modular.config import Config
 from modular.data import CifarData
 from modular.evaluate import full_evaluation
@@ -21,7 +21,7 @@ from modular.lr_finder import LRFindResult, range_test
 from modular.prepare import Prepared, new_model, prepare
 from modular.provenance import code_version
 from modular.record import RunFacts, build_record
-from modular.train import FitResult, build_criterion, build_optimizer, fit, interactive
+from modular.train import DivergenceError, FitResult, build_criterion, build_optimizer, fit, interactive
 
 
 class OutputDirError(RuntimeError):
@@ -109,21 +109,43 @@ def train(prepared: Prepared, model: torch.nn.Module, facts: RunFacts, resume: b
     return fit(prepared, model, facts, checkpoint_path(cfg), resume_state=state, log=log)
 
 
-def finish(prepared: Prepared, facts: RunFacts, result: FitResult, log: Callable[[str], None] = print) -> dict:
-    """Evaluate the trained model, write <output_dir>/run.json and the plots; return the record."""
+def finish(prepared: Prepared, facts: RunFacts, result: FitResult, log: Callable[[str], None] = print,
+           stopped: str | None = None) -> dict:
+    """Evaluate the trained model, write <output_dir>/run.json and the plots; return the record.
+    ``stopped``: why training ended before its last epoch (the record keeps the model of the last
+    finished epoch, evaluated; with no finished epoch there is nothing to evaluate)."""
     out = prepare_output_dir(prepared.cfg.output_dir)
     evaluated = time.perf_counter()
-    evaluation = full_evaluation(result.model, prepared.test_loader, prepared.runtime, prepared.data.classes,
-                                 build_criterion(prepared.cfg))
+    evaluation = {}
+    if result.history:
+        evaluation = full_evaluation(result.model, prepared.test_loader, prepared.runtime, prepared.data.classes,
+                                     build_criterion(prepared.cfg))
     # compute time of the whole run, the same whether or not it was interrupted and resumed
     wall = facts.lr_find_seconds + sum(row["seconds"] for row in result.history)
     record = build_record(prepared, facts, result.history, result.lr_per_step, evaluation,
-                          wall + time.perf_counter() - evaluated)
+                          wall + time.perf_counter() - evaluated, stopped)
     (out / "run.json").write_text(json.dumps(record, indent=1))
+    if not result.history:
+        log(f"no epoch finished: nothing to evaluate; record: {out / 'run.json'}")
+        return record
     save_run_figures(record, prepared, out)
     log(f"test accuracy {record['test_acc']:.2f}% (best {record['best_test_acc']:.2f}% at epoch "
         f"{record['best_epoch']}), flip TTA {record['tta_test_acc']:.2f}%; record: {out / 'run.json'}")
     return record
+
+
+def finish_stopped(prepared: Prepared, facts: RunFacts, reason: str, log: Callable[[str], None] = print) -> dict:
+    """The record of a run that stopped on a NaN/inf loss: the last finished epoch (its checkpoint)
+    evaluated, and why it stopped. A run that diverges is a result, not just an error."""
+    path = checkpoint_path(prepared.cfg)
+    state = load_checkpoint(path) if path.exists() else None
+    model = prepared.runtime.prepare_model(new_model(prepared.cfg))
+    if state is None:
+        return finish(prepared, facts, FitResult([], [], model), log, stopped=reason)
+    load_model_state(model, state, path)
+    log(f"stopped: {reason}; evaluating the last finished epoch ({state['epoch']})")
+    return finish(prepared, facts, FitResult(list(state["history"]), list(state["lr_per_step"]), model), log,
+                  stopped=reason)
 
 
 def run(cfg: Config, resume: bool = False, data: CifarData | None = None,
@@ -140,5 +162,9 @@ def run(cfg: Config, resume: bool = False, data: CifarData | None = None,
         f"device: {prepared.runtime.describe()}")
     model = new_model(cfg)
     facts = decide_lr(prepared, model, state, log)
-    result = train(prepared, model, facts, resume, log, state=state)
+    try:
+        result = train(prepared, model, facts, resume, log, state=state)
+    except DivergenceError as error:
+        finish_stopped(prepared, facts, str(error), log)
+        raise  # still a failure for the command line (exit 1), after the record is written
     return finish(prepared, facts, result, log)

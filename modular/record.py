@@ -41,9 +41,10 @@ class RunFacts:
 
 
 def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_per_step: list[float],
-                 evaluation: dict, wall_seconds: float) -> dict:
-    """The run record (run.json): config, LRs, history, per-step LRs and the final evaluation."""
-    best = max(history, key=lambda row: row["test_acc"])
+                 evaluation: dict, wall_seconds: float, stopped: str | None = None) -> dict:
+    """The run record (run.json): config, LRs, history, per-step LRs and the final evaluation;
+    ``stopped``: why a run ended before its last epoch (then "stopped" says so, and after which epoch)."""
+    best = max(history, key=lambda row: row["test_acc"]) if history else {"test_acc": None, "epoch": None}
     data, runtime = prepared.data, prepared.runtime
     return {
         "config": prepared.cfg.to_dict(),
@@ -60,7 +61,8 @@ def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_pe
         **evaluation,
         "best_test_acc": best["test_acc"],
         "best_epoch": best["epoch"],
-        "seconds_per_epoch": sum(row["seconds"] for row in history) / len(history),
+        **({"stopped": {"reason": stopped, "after_epoch": len(history)}} if stopped else {}),
+        "seconds_per_epoch": sum(row["seconds"] for row in history) / len(history) if history else None,
         "wall_seconds": wall_seconds,
         "device": runtime.device.type,
         "precision": runtime.precision,
