@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("records", nargs="+", help="one run record (results/headline.json: the Results table), "
                         "several of one configuration (one per seed: the Seeds table), benchmark records "
                         "(results/bench-cpu.json: the Performance table)")
+    report.add_argument("--ablation", action="append", default=[], metavar="RECORD",
+                        help="a variant's run record that changes one thing (optimizer, LR rule, label smoothing, "
+                        "logit scale): with the baseline seeds as RECORDS, writes the Ablations table (repeatable)")
     report.add_argument("--readme", default="README.md")
     for sub in commands.choices.values():  # configuration errors print the subcommand's usage
         sub.set_defaults(command_parser=sub)
@@ -271,7 +274,7 @@ def cmd_bench(args) -> int:
 def cmd_report(args) -> int:
     from modular.report import update_readme
 
-    for section in update_readme([Path(r) for r in args.records], Path(args.readme)):
+    for section in update_readme([Path(r) for r in args.records], Path(args.readme), [Path(a) for a in args.ablation]):
         print(f"updated the {section} section of {args.readme}")
     return 0
 
