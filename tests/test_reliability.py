@@ -3,6 +3,7 @@ divergence, unwritable output and determinism. Cases about the command line run 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -24,6 +25,8 @@ from helpers import (
     describe,
     error_lines,
     finish,
+    live_group_members,
+    read_until,
     run_cli,
     run_cli_many,
     shared_run,
@@ -34,7 +37,14 @@ from helpers import (
 
 from modular import pipeline
 from modular import train as train_module
-from modular.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from modular.checkpoint import (
+    FORMAT,
+    RESUME_REQUIRED,
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.prepare import new_model, prepare
@@ -146,6 +156,34 @@ def test_a_stop_signal_says_how_to_resume_and_keeps_the_checkpoint(tree, tmp_pat
     assert resumed.returncode == 0, describe(resumed)
     record = json.loads((out / "run.json").read_text())
     assert [row["epoch"] for row in record["history"]] == [1, 2, 3]
+
+
+def test_sigterm_to_the_whole_process_group_of_a_run_with_workers(tree, tmp_path):
+    """`timeout`, Slurm and `kill -- -PGID` signal every process of the job, DataLoader workers
+    included. Signalled in epoch 2 (just after epoch 1's row is printed), the run stops as it does
+    without workers: exit 143 with the resume line, no traceback from a worker killed under the
+    main process, a checkpoint that loads, and no worker left behind (nor a hang at exit)."""
+    out = tmp_path / "out"
+    proc = start_cli(train_args(tree, out, "--workers", "2"), own_group=True)
+    try:
+        read_until(proc, lambda line: line.split()[:1] == ["1"])  # epoch 1's row: epoch 2 has begun
+        os.killpg(proc.pid, signal.SIGTERM)
+        result = finish(proc, timeout=120)
+        deadline = time.monotonic() + 60
+        while live_group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not live_group_members(proc.pid), "DataLoader workers outlived the run"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert result.returncode == 143, describe(result)
+    assert "Traceback" not in result.stderr and "Error" not in result.stderr, describe(result)
+    assert f"\nterminated: the last finished epoch is saved in {out / 'checkpoint.pt'}; resume with: " in result.stderr, \
+        describe(result)
+    state = load_checkpoint(out / "checkpoint.pt", RESUME_REQUIRED)
+    assert 1 <= state["epoch"] < 3
+    from custom_resnet import CustomResNet
+    load_model_state(CustomResNet(), state, out / "checkpoint.pt")
 
 
 def test_the_resume_hint_comes_from_mains_own_arguments(tree, tmp_path, monkeypatch, capsys):
