@@ -185,6 +185,33 @@ def test_resuming_keeps_this_runs_fused_choice():
     assert all(group["fused"] for group in optimizer.param_groups)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resuming_an_nchw_checkpoint_gives_buffers_the_parameters_layout(optimizer):
+    """A checkpoint written in NCHW (MPS, or an older CPU fp32 run) resumed where parameters are
+    channels_last: fused SGD on CUDA needs params, grads and buffers with the same strides."""
+    cfg = Config(optimizer=optimizer)
+    torch.manual_seed(0)
+    nchw = small_net()
+    written = build_optimizer(nchw, cfg, 0.1)
+    nchw(torch.randn(4, 3, 8, 8)).sum().backward()
+    written.step()
+    saved = written.state_dict()
+    model = small_net().to(memory_format=torch.channels_last)
+    model.load_state_dict(nchw.state_dict())
+    optimizer = build_optimizer(model, cfg, 0.1, fused=True)
+    load_optimizer_state(optimizer, saved)
+    conv = model[0].weight
+    assert conv.stride() != conv.contiguous().stride()            # the test has a channels_last parameter
+    buffers = 0
+    for param in model.parameters():
+        for key, value in optimizer.state[param].items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                buffers += 1
+                assert value.stride() == param.stride(), (key, tuple(param.shape))
+                assert torch.equal(value, written.state[dict(zip(model.parameters(), nchw.parameters()))[param]][key])
+    assert buffers == (5 if cfg.optimizer == "sgd" else 10)  # 5 parameters: momentum, or exp_avg and exp_avg_sq
+
+
 # --------------------------------------------------------------------------------------------
 # One copy per batch
 # --------------------------------------------------------------------------------------------
