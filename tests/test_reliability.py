@@ -473,15 +473,29 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
 
 
 def test_saving_removes_a_dead_writers_leftover_but_not_a_live_writers_file(tmp_path):
+    """Temporary files are named by host and pid: on a folder shared by machines (Google Drive reused
+    from another Colab VM) another machine's pid means nothing here."""
+    from modular.checkpoint import FOREIGN_TMP_STALE_SECONDS, host_tag
+
     path = tmp_path / "checkpoint.pt"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = tmp_path / f".checkpoint.pt.{dead.pid}.abc123.tmp"      # a writer killed mid-write
-    writing = tmp_path / f".checkpoint.pt.{os.getppid()}.def456.tmp"  # another live process, still writing
-    orphan.write_bytes(b"half")
-    writing.write_bytes(b"half")
+    here, there, alive = host_tag(), f"other-{host_tag()}", os.getppid()
+    files = {
+        "orphan": f".checkpoint.pt.{here}.{dead.pid}.abc123.tmp",       # a writer here, killed mid-write
+        "writing": f".checkpoint.pt.{here}.{alive}.def456.tmp",          # another live process here, still writing
+        "writing elsewhere": f".checkpoint.pt.{there}.{dead.pid}.ghi789.tmp",  # live on another VM, its pid not ours
+        "dead VM": f".checkpoint.pt.{there}.{alive}.jkl012.tmp",        # a dead VM's, its pid alive here by chance
+        "old name": f".checkpoint.pt.{dead.pid}.mno345.tmp",             # written before names held the host
+    }
+    for name in files.values():
+        (tmp_path / name).write_bytes(b"half")
+    long_ago = time.time() - FOREIGN_TMP_STALE_SECONDS - 60
+    os.utime(tmp_path / files["dead VM"], (long_ago, long_ago))
     save_checkpoint(minimal_state(1), path)
-    assert not orphan.exists() and writing.exists()
+    left = {what for what, name in files.items() if (tmp_path / name).exists()}
+    assert left == {"writing", "writing elsewhere", "old name"}
+    assert sorted(p.name for p in tmp_path.glob(".checkpoint.pt.*.tmp")) == sorted(files[w] for w in left)  # ours renamed
 
 
 @pytest.mark.parametrize("key", ["rng", "lr_per_step", "lr_max", "mean", "std"])
