@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from modular.config import DEVICES, LR_RULES, OPTIMIZERS, PRECISIONS, Config, ConfigError
+from modular.config import DEFAULT_WORKERS, DEVICES, LR_RULES, OPTIMIZERS, PRECISIONS, Config, ConfigError
 
 
 def _positive_int(text: str) -> int:
@@ -54,7 +54,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default=Config.device)
     p.add_argument("--precision", choices=PRECISIONS, default=Config.precision,
                    help="auto: bf16/fp16 autocast where the hardware supports it; fp32: force fp32")
-    p.add_argument("--workers", type=int, help="DataLoader workers (default: 0 on CPU, 4 on GPU)")
+    p.add_argument("--workers", type=int, help=f"DataLoader workers (default: {DEFAULT_WORKERS})")
     p.add_argument("--output-dir", default=Config.output_dir)
 
 

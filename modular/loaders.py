@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from modular.config import Config
+from modular.config import MAX_WORKERS, Config
 from modular.data import CifarData
 from modular.device import Runtime
 from modular.transforms import reseed
@@ -67,10 +67,6 @@ class EpochSampler(Sampler[int]):
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
                  if self.shuffle else np.arange(self.n))
         return iter((self.epoch * self.n + order).tolist())
-
-
-MAX_WORKERS = 4
-DEFAULT_WORKERS = f"0 on the CPU, min({MAX_WORKERS}, CPU cores) on a GPU"  # what default_workers does, in words
 
 
 def default_workers(device: torch.device) -> int:

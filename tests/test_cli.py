@@ -70,6 +70,23 @@ def test_train_help_lists_the_documented_flags(results):
         assert flag in text, flag
 
 
+def test_the_workers_help_says_what_the_default_does(monkeypatch, capsys):
+    import os
+
+    import torch
+
+    from modular.config import MAX_WORKERS
+    from modular.loaders import default_workers
+
+    for cores in (1, 2, 3, 16):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert default_workers(torch.device("cuda")) == min(MAX_WORKERS, cores)
+        assert default_workers(torch.device("cpu")) == 0
+    for command in ("train", "lr-find"):
+        out = " ".join(cli_main([command, "--help"], capsys)[1].split())
+        assert f"--workers WORKERS DataLoader workers (default: 0 on the CPU, min({MAX_WORKERS}, CPU cores) on a GPU)" in out
+
+
 @pytest.mark.parametrize("command", ["train", "lr-find"])
 def test_ablation_flags_reach_the_config(command):
     from modular.cli import build_parser, config_from_args

@@ -318,6 +318,7 @@ BAD_CONFIGS = {
     "logit scale 0": (["--logit-scale", "0"], "logit scale must be a number > 0"),
     "logit scale inf": (["--logit-scale", "inf"], "logit scale must be a number > 0"),
     "lr rule foo": (["--lr-rule", "foo"], "--lr-rule"),
+    "seed -1": (["--seed", "-1"], "seed must lie in 0..4294967295 (got -1)"),
 }
 
 
@@ -571,6 +572,15 @@ def test_bad_configuration_exits_2_with_a_message(name, tree, tmp_path, capsys):
     code, out, err = cli_main(["train", "--data-dir", tree, "--output-dir", out_dir, *flags], capsys)
     assert_one_line_error(code, out, err, 2, message, "error:")
     assert not (out_dir / "checkpoint.pt").exists()
+
+
+def test_a_seed_outside_numpys_range_is_a_configuration_error():
+    from modular.config import ConfigError
+
+    for seed in (-1, 2**32):
+        with pytest.raises(ConfigError, match=r"^seed must lie in 0\.\.4294967295 \(got "):
+            Config(seed=seed).validate()
+    Config(seed=2**32 - 1).validate()
 
 
 # --------------------------------------------------------------------------------------------
