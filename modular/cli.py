@@ -175,6 +175,7 @@ def cmd_lr_find(args, cfg: Config) -> int:
     import time
 
     from modular import plots
+    from modular.jsonio import write_record
     from modular.pipeline import lr_range_test, prepare_output_dir
     from modular.prepare import new_model, prepare
     from modular.record import build_lr_find_record
@@ -186,7 +187,7 @@ def cmd_lr_find(args, cfg: Config) -> int:
     started = time.perf_counter()
     found = lr_range_test(prepared, new_model(cfg))
     record = build_lr_find_record(prepared, found, time.perf_counter() - started)
-    (out / "lr_find.json").write_text(json.dumps(record, indent=1))
+    write_record(out / "lr_find.json", record)
     plot = plots.save_figure(plots.plot_lr_finder(**found.to_dict()), out / "lr_range_test.png")
     steepest = "none" if found.steepest_lr is None else f"{found.steepest_lr:.3g}"
     diverged = "never diverged" if found.diverged_lr is None else f"diverged at LR {found.diverged_lr:.3g}"

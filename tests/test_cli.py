@@ -134,12 +134,14 @@ def test_evaluate_prints_the_test_accuracy_of_the_checkpoint(results):
         assert re.search(rf"^\s+{name}\s+{record['per_class_acc'][name]:.2f}%$", result.stdout, re.M), name
 
 
-def test_lr_find_writes_its_json_and_plot(results):
+def test_lr_find_writes_its_json_and_plot(results, tmp_path_factory):
     result, out = results["lr-find"], results["lr-find out"]
     assert result.returncode == 0, describe(result)
     record = json.loads((out / "lr_find.json").read_text())
     assert record["config"]["lr_find_iters"] == 20 and record["seed"] == 0 and record["precision"] == "fp32"
     assert record["data_source"] and record["hardware"] and record["commit"][0]["from_epoch"] == 0
+    assert record["data_source"] == record["config"]["data_dir"] == shared_tree(tmp_path_factory).name  # no absolute path
+    assert record["config"]["output_dir"] == out.name
     found = record["lr_find"]
     assert {"lrs", "losses", "lr_max", "lr_min", "steepest_lr", "rule"} <= set(found)
     assert found["lr_max"] > found["lr_min"] > 0

@@ -110,6 +110,10 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tree, tmp_path):
     # the code that ran it: at the start, and again at the resume
     assert [entry["from_epoch"] for entry in got["commit"]] == [0, at_kill]
     assert [entry["from_epoch"] for entry in want["commit"]] == [0]
+    # and the machine: both parts here, on this CPU in fp32
+    parts = [(p["from_epoch"], p["device"], p["precision"]) for p in got["ran_on"]]
+    assert parts == [(0, "cpu", "fp32"), (at_kill, "cpu", "fp32")]
+    assert got["ran_on"][0] == got["ran_on"][1] | {"from_epoch": 0} == want["ran_on"][0]
 
     mine, theirs = load_checkpoint(killed_dir / "checkpoint.pt"), load_checkpoint(reference_dir / "checkpoint.pt")
     assert mine["epoch"] == theirs["epoch"] == 3
@@ -497,6 +501,34 @@ def test_saving_removes_a_dead_writers_leftover_but_not_a_live_writers_file(tmp_
     left = {what for what, name in files.items() if (tmp_path / name).exists()}
     assert left == {"writing", "writing elsewhere", "old name"}
     assert sorted(p.name for p in tmp_path.glob(".checkpoint.pt.*.tmp")) == sorted(files[w] for w in left)  # ours renamed
+
+
+T4_START = {"from_epoch": 0, "device": "cuda", "precision": "fp16", "channels_last": True, "hardware": "Tesla T4"}
+
+
+@pytest.mark.parametrize("first_part", [None, T4_START], ids=["checkpoint from before parts were kept", "begun on a T4"])
+def test_a_resumed_runs_record_keeps_every_parts_hardware_and_precision(first_part, finished, tmp_path, capsys):
+    """The finished shared run's checkpoint, resumed here (nothing left to train: it is evaluated and
+    recorded): the record lists the parts. One begun in fp16 on a T4 and finished here in fp32 is
+    refused by `report`, in one line; an old checkpoint without parts still resumes."""
+    state = {k: v for k, v in load_checkpoint(finished.checkpoint).items() if k not in ("format", "ran_on")}
+    assert "ran_on" in load_checkpoint(finished.checkpoint)
+    out = tmp_path / "out"
+    save_checkpoint({**state, **({"ran_on": [first_part]} if first_part else {})}, out / "checkpoint.pt")
+    code, _, err = cli_main(resume_args(finished, out), capsys)
+    assert code == 0, err
+    record = json.loads((out / "run.json").read_text())
+    here = {"from_epoch": 2, "device": "cpu", "precision": "fp32", "channels_last": True, "hardware": record["hardware"]}
+    assert record["ran_on"] == ([first_part] if first_part else []) + [here]
+    assert [entry["from_epoch"] for entry in record["commit"]] == [0, 2]
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    code, _, err = cli_main(["report", out / "run.json", "--readme", readme], capsys)
+    if first_part is None:
+        assert code == 0 and "| Hardware |" in readme.read_text(), err
+    else:
+        assert_one_line_error(code, "", err, 1, str(out / "run.json"), "resumed on other hardware or precision",
+                              "from epoch 0: Tesla T4, cuda, fp16", f"from epoch 2: {record['hardware']}, cpu, fp32")
 
 
 @pytest.mark.parametrize("key", ["rng", "lr_per_step", "lr_max", "mean", "std"])
