@@ -9,7 +9,6 @@ evaluation, the data pipeline, the achieved GFLOP/s, and the estimated time of a
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.device import Runtime, hardware_name, select_runtime, versions
+from modular.jsonio import write_record
 from modular.loaders import default_workers, make_loaders
 from modular.train import Trainer, build_criterion, build_optimizer
 from modular.transforms import test_transforms, train_transforms
@@ -164,7 +164,7 @@ def run_benchmark(output_dir: Path, batch_size: int = 512, device: str = "auto",
         record["compile_speedup"] = train["compiled"] / train["default"]
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / f"bench-{fast.device.type}.json"
-    path.write_text(json.dumps(record, indent=1))
+    write_record(path, record)
     log(format_bench(record))
     log(f"record: {path}")
     return record

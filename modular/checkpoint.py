@@ -7,7 +7,10 @@ epoch, history, lr_per_step, rng, config, and the run's facts (mean, std, lr_max
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,10 @@ FORMAT = "era-s10-checkpoint/1"
 REQUIRED = ("format", "model", "optimizer", "scheduler", "epoch", "history", "config")
 # what continuing a run reads besides: the RNG, the LR trace and the run's decisions (mean, std, LRMAX)
 RESUME_REQUIRED = (*REQUIRED, "rng", "lr_per_step", "lr_max", "lr_min", "mean", "std")
+# Another machine's temporary file is its own business while it may still be written: a folder on
+# Google Drive is shared by Colab VMs, and a pid says nothing about another machine. Left this long
+# untouched, though, it is a dead machine's leftover (a write takes seconds to minutes).
+FOREIGN_TMP_STALE_SECONDS = 24 * 3600
 
 
 class CheckpointError(RuntimeError):
@@ -29,7 +36,7 @@ def save_atomic(payload: Any, path: str | os.PathLike) -> Path:
     A crash mid-write leaves the previous file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{host_tag()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -58,13 +65,30 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def host_tag() -> str:
+    """This machine's name as temporary files carry it: letters, digits and '-' (no dots)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "unknown-host"
+
+
 def _remove_orphans(path: Path) -> None:
-    """Delete temporary files left by writers that were killed mid-write (their process is gone);
-    a file another live process is still writing is left alone."""
+    """Delete temporary files (``.<name>.<host>.<pid>.<random>.tmp``) left by writers killed mid-write.
+    On this machine: those whose process is gone; a file a live process is still writing stays.
+    Another machine's (a shared folder): only once untouched for FOREIGN_TMP_STALE_SECONDS, its pid
+    meaning nothing here. Files named otherwise (older versions wrote no host) are left alone."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = stale.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        parts = stale.name[len(path.name) + 2:-len(".tmp")].rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
             continue
+        host, pid = parts[0], int(parts[1])
+        if host == host_tag():
+            if pid != os.getpid() and _alive(pid):
+                continue
+        else:
+            try:
+                if time.time() - stale.stat().st_mtime < FOREIGN_TMP_STALE_SECONDS:
+                    continue
+            except OSError:  # removed meanwhile
+                continue
         stale.unlink(missing_ok=True)
 
 

@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from modular.config import DEVICES, LR_RULES, OPTIMIZERS, PRECISIONS, Config, ConfigError
+from modular.config import DEFAULT_WORKERS, DEVICES, LR_RULES, OPTIMIZERS, PRECISIONS, Config, ConfigError
 
 
 def _positive_int(text: str) -> int:
@@ -54,7 +54,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default=Config.device)
     p.add_argument("--precision", choices=PRECISIONS, default=Config.precision,
                    help="auto: bf16/fp16 autocast where the hardware supports it; fp32: force fp32")
-    p.add_argument("--workers", type=int, help="DataLoader workers (default: 0 on CPU, 4 on GPU)")
+    p.add_argument("--workers", type=int, help=f"DataLoader workers (default: {DEFAULT_WORKERS})")
     p.add_argument("--output-dir", default=Config.output_dir)
 
 
@@ -178,6 +178,7 @@ def cmd_lr_find(args, cfg: Config) -> int:
     import time
 
     from modular import plots
+    from modular.jsonio import write_record
     from modular.pipeline import lr_range_test, prepare_output_dir
     from modular.prepare import new_model, prepare
     from modular.record import build_lr_find_record
@@ -189,7 +190,7 @@ def cmd_lr_find(args, cfg: Config) -> int:
     started = time.perf_counter()
     found = lr_range_test(prepared, new_model(cfg))
     record = build_lr_find_record(prepared, found, time.perf_counter() - started)
-    (out / "lr_find.json").write_text(json.dumps(record, indent=1))
+    write_record(out / "lr_find.json", record)
     plot = plots.save_figure(plots.plot_lr_finder(**found.to_dict()), out / "lr_range_test.png")
     steepest = "none" if found.steepest_lr is None else f"{found.steepest_lr:.3g}"
     diverged = "never diverged" if found.diverged_lr is None else f"diverged at LR {found.diverged_lr:.3g}"

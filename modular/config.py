@@ -23,6 +23,10 @@ OPTIMIZERS = ("sgd", "adam")
 LR_RULES = ("minimum", "steepest")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32")
+MAX_SEED = 2**32 - 1  # numpy's seed range; a negative seed ends in a numpy traceback otherwise
+
+MAX_WORKERS = 4  # DataLoader workers on an accelerator: one per CPU core, at most this many (loaders.default_workers)
+DEFAULT_WORKERS = f"0 on the CPU, min({MAX_WORKERS}, CPU cores) on a GPU"  # the same rule in words, for --help
 
 # Fields that describe where or how fast a run happens, not what it computes: a checkpoint
 # may be resumed with different values of these.
@@ -91,6 +95,7 @@ class Config:
             (self.subset is None or self.subset >= 10,
              f"subset must hold at least one image per class, 10 or more (got {self.subset})"),
             (self.workers is None or self.workers >= 0, f"workers must be >= 0 (got {self.workers})"),
+            (0 <= self.seed <= MAX_SEED, f"seed must lie in 0..{MAX_SEED} (got {self.seed})"),
             (0.0 <= self.cutout_p <= 1.0, f"cutout probability must lie in [0, 1] (got {self.cutout_p})"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})"),
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)} (got {self.device!r})"),

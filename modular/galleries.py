@@ -87,7 +87,8 @@ def plot_message(text: str) -> Figure:
 def plot_gradcam(images: np.ndarray, maps_predicted: np.ndarray, maps_actual: np.ndarray, predicted: Sequence[Any],
                  actual: Sequence[Any], classes: Sequence[str], per_row: int = 2) -> Figure:
     """Each misclassified image (uint8 N x H x W x 3) beside its Grad-CAM maps (N x H x W in [0, 1])
-    for the predicted class and for the true class, ``per_row`` images to a row."""
+    for the predicted class and for the true class, ``per_row`` images to a row. The two maps of an
+    image are drawn on the same colour scale: normalise them together (``gradcam.gradcam_pair``)."""
     n = len(images)
     rows = max(1, math.ceil(n / per_row))
     fig = new_figure(height=rows * 1.45 + 0.5, width=per_row * 3 * 1.35)
@@ -104,6 +105,6 @@ def plot_gradcam(images: np.ndarray, maps_predicted: np.ndarray, maps_actual: np
             ax.imshow(images[i], interpolation="nearest")
             ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="bilinear")
             ax.set_title(label, fontsize=7)
-    fig.suptitle("Grad-CAM on Layer3's residual output (X + R2): evidence for the predicted and for the true class",
-                 fontsize=9)
+    fig.suptitle("Grad-CAM on Layer3's residual output (X + R2): evidence for the predicted and for the true class;\n"
+                 "the two maps of an image share one colour scale (1 = the stronger map's peak)", fontsize=9)
     return fig

@@ -14,7 +14,7 @@ from modular.checkpoint import load_checkpoint, load_model_state
 from modular.config import Config
 from modular.device import fp32_cpu_copy
 from modular.evaluate import gallery_sample, misclassified, predict
-from modular.gradcam import gradcam_maps
+from modular.gradcam import gradcam_pair
 from modular.prepare import Prepared, new_model, prepare
 from modular.train import build_criterion
 from modular.weights import load_weights
@@ -64,5 +64,6 @@ def gradcam_figure(model: torch.nn.Module, prepared: Prepared, record: dict | No
     normalized = torch.stack([prepared.test_loader.dataset[i][0] for i in indices])
     cpu_model = fp32_cpu_copy(model)
     predicted, actual = [w["predicted"] for w in wrong], [w["actual"] for w in wrong]
-    return galleries.plot_gradcam(np.asarray(prepared.data.test_images[indices]), gradcam_maps(cpu_model, normalized, predicted),
-                              gradcam_maps(cpu_model, normalized, actual), predicted, actual, prepared.data.classes)
+    maps_predicted, maps_actual = gradcam_pair(cpu_model, normalized, predicted, actual)  # one scale per image
+    return galleries.plot_gradcam(np.asarray(prepared.data.test_images[indices]), maps_predicted, maps_actual, predicted,
+                                  actual, prepared.data.classes)

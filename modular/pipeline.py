@@ -5,7 +5,6 @@ OneCycle fit -> evaluation -> run record and figures. The command line (``run``)
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +16,9 @@ from modular.config import Config
 from modular.data import CifarData
 from modular.evaluate import full_evaluation
 from modular.figures import save_run_figures
+from modular.jsonio import write_record
 from modular.lr_finder import LRFindResult, range_test
 from modular.prepare import Prepared, new_model, prepare
-from modular.provenance import code_version
 from modular.record import RunFacts, build_record
 from modular.train import DivergenceError, FitResult, build_criterion, build_optimizer, fit, interactive
 
@@ -81,8 +80,7 @@ def decide_lr(prepared: Prepared, model: torch.nn.Module, state: dict | None = N
     the LR range test."""
     cfg = prepared.cfg
     if state is not None:
-        facts = RunFacts.from_dict(state)
-        facts.commit = [*facts.commit, code_version(from_epoch=int(state["epoch"]))]
+        facts = RunFacts.from_dict(state).resumed(prepared, int(state["epoch"]))
     elif cfg.max_lr is not None:
         facts = RunFacts.decided(prepared, cfg.max_lr)
     else:
@@ -122,9 +120,8 @@ def finish(prepared: Prepared, facts: RunFacts, result: FitResult, log: Callable
                                      build_criterion(prepared.cfg))
     # compute time of the whole run, the same whether or not it was interrupted and resumed
     wall = facts.lr_find_seconds + sum(row["seconds"] for row in result.history)
-    record = build_record(prepared, facts, result.history, result.lr_per_step, evaluation,
-                          wall + time.perf_counter() - evaluated, stopped)
-    (out / "run.json").write_text(json.dumps(record, indent=1))
+    record = write_record(out / "run.json", build_record(prepared, facts, result.history, result.lr_per_step, evaluation,
+                                                         wall + time.perf_counter() - evaluated, stopped))
     if not result.history:
         log(f"no epoch finished: nothing to evaluate; record: {out / 'run.json'}")
         return record

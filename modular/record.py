@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from modular.device import hardware_name, versions
+from modular.device import Runtime, hardware_name, versions
 from modular.prepare import Prepared
 from modular.provenance import code_version
 
@@ -24,12 +24,20 @@ class RunFacts:
     lr_find: dict | None = None                     # the range test (LRFindResult.to_dict()); None with --max-lr
     lr_find_seconds: float = 0.0
     commit: list[dict] = field(default_factory=list)  # the code: one entry at the start, one more at every resume
+    ran_on: list[dict] = field(default_factory=list)  # device, precision, hardware: likewise (older runs: empty)
 
     @classmethod
     def decided(cls, prepared: Prepared, max_lr: float, found: LRFindResult | None = None, seconds: float = 0.0) -> RunFacts:
         """For a new run: ``max_lr`` from the range test ``found`` or from --max-lr."""
         return cls(list(prepared.mean), list(prepared.std), max_lr, max_lr / prepared.cfg.div_factor,
-                   found.to_dict() if found else None, seconds, [code_version()])
+                   found.to_dict() if found else None, seconds, [code_version()], [runtime_part(prepared.runtime)])
+
+    def resumed(self, prepared: Prepared, epoch: int) -> RunFacts:
+        """These facts for the part of the run that resumes after ``epoch`` epochs: its code and its
+        machine added (a T4 run resumed on an A100 goes from fp16 to bf16: the record says so)."""
+        self.commit = [*self.commit, code_version(from_epoch=epoch)]
+        self.ran_on = [*self.ran_on, runtime_part(prepared.runtime, from_epoch=epoch)]
+        return self
 
     @classmethod
     def from_dict(cls, values: dict) -> RunFacts:
@@ -38,6 +46,12 @@ class RunFacts:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def runtime_part(runtime: Runtime, from_epoch: int = 0) -> dict:
+    """What one part of a run (the start, or a resume after ``from_epoch`` epochs) ran on."""
+    return {"from_epoch": from_epoch, "device": runtime.device.type, "precision": runtime.precision,
+            "channels_last": runtime.channels_last, "hardware": hardware_name(runtime.device)}
 
 
 def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_per_step: list[float],
@@ -64,7 +78,7 @@ def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_pe
         **({"stopped": {"reason": stopped, "after_epoch": len(history)}} if stopped else {}),
         "seconds_per_epoch": sum(row["seconds"] for row in history) / len(history) if history else None,
         "wall_seconds": wall_seconds,
-        "device": runtime.device.type,
+        "device": runtime.device.type,          # the last part's (all parts': ran_on)
         "precision": runtime.precision,
         "channels_last": runtime.channels_last,
         "hardware": hardware_name(runtime.device),

@@ -159,9 +159,19 @@ def load_record(path: Path) -> dict:
         record = json.loads(Path(path).read_text())
         if not isinstance(record, dict) or not ({"history", "train_images_per_s"} & set(record)):
             raise ValueError("neither a run record nor a benchmark record")
-        return record
     except (OSError, ValueError) as error:
         raise ReportError(f"{path} is not a run or benchmark record of this project ({error})") from None
+    check_one_setting(record, path)
+    return record
+
+
+def check_one_setting(record: dict, path: Path) -> None:
+    """ReportError if the run was resumed on another device, precision or machine: its times and its
+    precision are then no one setting's (records made before the parts were kept have one entry or none)."""
+    parts = record.get("ran_on") or []
+    if len({tuple((k, v) for k, v in part.items() if k != "from_epoch") for part in parts}) > 1:
+        described = "; ".join(f"from epoch {p['from_epoch']}: {p['hardware']}, {p['device']}, {p['precision']}" for p in parts)
+        raise ReportError(f"{path} was resumed on other hardware or precision ({described}); report runs made in one setting")
 
 
 def render_sections(paths: list[Path], ablations: list[Path] = ()) -> dict[str, tuple[str, str]]:

@@ -49,11 +49,18 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float, fused: bool 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     """Restore a checkpoint's optimizer state, keeping this run's choice of fused kernels (the saved
-    param groups carry the flag of the run that wrote them, possibly on another device)."""
+    param groups carry the flag of the run that wrote them, possibly on another device) and this
+    run's memory layout: buffers shaped like their parameter (momentum, Adam's averages) take its
+    strides. A checkpoint written in NCHW (on MPS, or by an older CPU fp32 run) otherwise keeps NCHW
+    buffers beside channels_last parameters, and fused SGD on CUDA refuses to step with them."""
     fused = [group.get("fused") for group in optimizer.param_groups]
     optimizer.load_state_dict(saved)
     for group, flag in zip(optimizer.param_groups, fused):
         group["fused"] = flag
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def build_criterion(cfg: Config) -> torch.nn.Module:

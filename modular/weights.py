@@ -13,6 +13,7 @@ import torch
 
 from custom_resnet import CustomResNet
 from modular.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_atomic
+from modular.jsonio import write_record
 
 FORMAT = "era-s10-weights/1"
 SHIPPED = Path(__file__).resolve().parents[1] / "results" / "custom_resnet_cifar10.pt"
@@ -79,7 +80,7 @@ def record_export(record_path: str | os.PathLike, exported: dict) -> None:
     """Add the weights file's description (sha256, source) to a run record, as ``weights``."""
     record = json.loads(Path(record_path).read_text())
     record["weights"] = exported
-    Path(record_path).write_text(json.dumps(record, indent=1))
+    write_record(record_path, record)
 
 
 def record_evaluation(record_path: str | os.PathLike, weights: str | os.PathLike | None, evaluation: dict,
@@ -93,4 +94,4 @@ def record_evaluation(record_path: str | os.PathLike, weights: str | os.PathLike
                            "(python -m modular export-weights --record ...)")
     record["weights"]["evaluated"] = {"data_source": data_source, "precision": "fp32",
                                       **{k: evaluation[k] for k in ("test_acc", "test_ce", "tta_test_acc")}}
-    Path(record_path).write_text(json.dumps(record, indent=1))
+    write_record(record_path, record)

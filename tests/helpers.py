@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,11 +47,14 @@ def _command(args) -> list[str]:
     return [PYTHON, "-m", "modular", *[str(a) for a in args]]
 
 
-def start_cli(args, cwd: str | os.PathLike | None = None, env: dict | None = None) -> subprocess.Popen:
-    """``python -m modular *args`` running in the background, output captured as text."""
+def start_cli(args, cwd: str | os.PathLike | None = None, env: dict | None = None,
+              own_group: bool = False) -> subprocess.Popen:
+    """``python -m modular *args`` running in the background, output captured as text. ``own_group``:
+    in a process group of its own (a new session), as a job scheduler or ``timeout`` starts it, so
+    that ``os.killpg(proc.pid, ...)`` signals it and every process it started."""
     return subprocess.Popen(_command(args), cwd=cwd or ROOT, env=env or cli_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            preexec_fn=_default_sigint)
+                            preexec_fn=_default_sigint, start_new_session=own_group)
 
 
 def _default_sigint() -> None:
@@ -117,6 +121,42 @@ def assert_clean_failure(result: subprocess.CompletedProcess, code: int, *needle
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
+
+
+def read_until(proc: subprocess.Popen, wanted, timeout: float = 300) -> list[str]:
+    """Read ``proc``'s stdout line by line until ``wanted(line)`` is true; returns the lines read.
+    The process must still be running; after ``timeout`` seconds it is killed (its group too, if it
+    leads one) and the test fails."""
+    import threading
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL) if os.getpgid(proc.pid) == proc.pid else proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if wanted(line):
+                return lines
+    finally:
+        timer.cancel()
+    proc.wait(timeout=60)
+    raise AssertionError(f"the run ended (exit {proc.returncode}) or was killed after {timeout}s before the line "
+                         f"awaited\n{''.join(lines)}\n{proc.stderr.read()}")
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of process group ``pgid`` that still run (zombies aside), from /proc (Linux)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, pgrp, ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+    return members
 
 
 def wait_for_epoch(checkpoint: Path, epoch: int, proc: subprocess.Popen, timeout: float = 120) -> dict:

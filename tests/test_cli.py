@@ -70,6 +70,23 @@ def test_train_help_lists_the_documented_flags(results):
         assert flag in text, flag
 
 
+def test_the_workers_help_says_what_the_default_does(monkeypatch, capsys):
+    import os
+
+    import torch
+
+    from modular.config import MAX_WORKERS
+    from modular.loaders import default_workers
+
+    for cores in (1, 2, 3, 16):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert default_workers(torch.device("cuda")) == min(MAX_WORKERS, cores)
+        assert default_workers(torch.device("cpu")) == 0
+    for command in ("train", "lr-find"):
+        out = " ".join(cli_main([command, "--help"], capsys)[1].split())
+        assert f"--workers WORKERS DataLoader workers (default: 0 on the CPU, min({MAX_WORKERS}, CPU cores) on a GPU)" in out
+
+
 @pytest.mark.parametrize("command", ["train", "lr-find"])
 def test_ablation_flags_reach_the_config(command):
     from modular.cli import build_parser, config_from_args
@@ -117,12 +134,14 @@ def test_evaluate_prints_the_test_accuracy_of_the_checkpoint(results):
         assert re.search(rf"^\s+{name}\s+{record['per_class_acc'][name]:.2f}%$", result.stdout, re.M), name
 
 
-def test_lr_find_writes_its_json_and_plot(results):
+def test_lr_find_writes_its_json_and_plot(results, tmp_path_factory):
     result, out = results["lr-find"], results["lr-find out"]
     assert result.returncode == 0, describe(result)
     record = json.loads((out / "lr_find.json").read_text())
     assert record["config"]["lr_find_iters"] == 20 and record["seed"] == 0 and record["precision"] == "fp32"
     assert record["data_source"] and record["hardware"] and record["commit"][0]["from_epoch"] == 0
+    assert record["data_source"] == record["config"]["data_dir"] == shared_tree(tmp_path_factory).name  # no absolute path
+    assert record["config"]["output_dir"] == out.name
     found = record["lr_find"]
     assert {"lrs", "losses", "lr_max", "lr_min", "steepest_lr", "rule"} <= set(found)
     assert found["lr_max"] > found["lr_min"] > 0

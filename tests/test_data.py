@@ -385,6 +385,46 @@ def test_batches_do_not_depend_on_workers(loaders):
         del parallel, parallel_test  # shut the persistent workers down
 
 
+WORKERS_AT_EXIT = """
+import os, signal
+import torch
+from modular.config import Config
+from modular.data import synthetic_cifar10
+from modular.device import Runtime
+from modular.loaders import make_loaders
+from modular.transforms import test_transforms, train_transforms
+
+stats = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+train, test = make_loaders(synthetic_cifar10(n_train=40, n_test=20), train_transforms(*stats), test_transforms(*stats),
+                           Config(batch_size=8, workers=2), Runtime(torch.device("cpu"), None, False))
+batches = iter(train)
+next(batches)
+for worker in batches._workers:          # what `kill -- -PGID` or Ctrl-C does to the workers
+    os.kill(worker.pid, signal.SIGTERM)
+    os.kill(worker.pid, signal.SIGINT)
+print(len(list(batches)) + 1, len(list(train)), flush=True)   # the rest of the epoch, then another
+cycle = [train, test, batches]
+cycle.append(cycle)                      # alive until the interpreter exits
+"""
+
+
+def test_workers_leave_stop_signals_to_the_main_process_which_shuts_them_down_at_exit():
+    """Workers survive SIGTERM and SIGINT (the main process decides), and a loader still alive when
+    Python exits (a global, a reference cycle) has its workers shut down: the exit does not hang."""
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    try:
+        done = subprocess.run([sys.executable, "-c", WORKERS_AT_EXIT], env=cli_env(), capture_output=True, text=True,
+                              timeout=120)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the exit hung: the workers were not shut down") from None
+    assert done.returncode == 0 and done.stdout.split() == ["5", "5"], done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 def test_dataset_getitem_and_getitems_agree_for_untransformed_keys(small_data, small_stats):
     dataset = CifarDataset(small_data.test_images, small_data.test_labels, make_test_transforms(*small_stats))
     n = len(dataset)

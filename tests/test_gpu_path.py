@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
+import sys
 
 import helpers  # noqa: F401  (environment and sys.path)
 import numpy as np
@@ -18,7 +20,15 @@ from modular.data import synthetic_cifar10
 from modular.device import Runtime, select_runtime
 from modular.loaders import make_loaders
 from modular.schedule import one_cycle
-from modular.train import DivergenceError, Trainer, build_criterion, build_optimizer, load_optimizer_state, train_epoch
+from modular.train import (
+    READ_EVERY,
+    DivergenceError,
+    Trainer,
+    build_criterion,
+    build_optimizer,
+    load_optimizer_state,
+    train_epoch,
+)
 from modular.transforms import test_transforms as make_test_transforms
 from modular.transforms import train_transforms
 
@@ -74,22 +84,35 @@ def test_the_cpu_keeps_unpinned_memory_and_an_unfused_optimizer_without_fp16():
 # --------------------------------------------------------------------------------------------
 
 HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "__format__")
+TORCH_CODE = os.path.dirname(torch.__file__)
+
+
+def blocking_copy_to_the_host(args: tuple, kwargs: dict) -> bool:
+    """Whether ``Tensor.to(*args, **kwargs)``, called outside torch, is a blocking copy onto the CPU:
+    on a GPU, ``.to("cpu")`` waits for the device like ``.item()``. On this CPU-only test every tensor
+    is already there, so the project's copies to the device are told apart by being non-blocking (as
+    they must be), and torch's own ``.to(device)`` of a tensor on its device (fused SGD's grad scale)
+    by where it is called from."""
+    device, _, non_blocking, _ = torch._C._nn._parse_to(*args, **{k: v for k, v in kwargs.items() if k != "copy"})
+    caller = sys._getframe(2).f_code.co_filename
+    return device is not None and device.type == "cpu" and not non_blocking and not caller.startswith(TORCH_CODE)
 
 
 @contextlib.contextmanager
 def counting_host_reads():
-    """Count every Tensor method that brings a value back to the host (each would make the CPU
-    wait for a GPU)."""
+    """Count every Tensor method call that brings a value back to the host (each would make the CPU
+    wait for a GPU), blocking ``.to()`` copies onto the CPU included."""
     counts: collections.Counter = collections.Counter()
-    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+    originals = {name: getattr(torch.Tensor, name) for name in (*HOST_READS, "to")}
 
     def counted(name):
         def read(self, *args, **kwargs):
-            counts[name] += 1
+            if name != "to" or blocking_copy_to_the_host(args, kwargs):
+                counts[name] += 1
             return originals[name](self, *args, **kwargs)
         return read
 
-    for name in HOST_READS:
+    for name in originals:
         setattr(torch.Tensor, name, counted(name))
     try:
         yield counts
@@ -149,6 +172,37 @@ def test_the_host_read_counter_sees_an_unfused_gradscaler_step():
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_the_host_read_counter_sees_a_copy_to_the_cpu(monkeypatch):
+    """A blocking ``.to("cpu")`` of the loss every step is a host read like ``.item()``."""
+    real_step = Trainer.step
+
+    def step_and_copy(self, images, targets):
+        loss, logits = real_step(self, images, targets)
+        return loss.to("cpu"), logits
+
+    monkeypatch.setattr(Trainer, "step", step_and_copy)
+    assert host_reads_in_an_epoch(12) - host_reads_in_an_epoch(4) == 8
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_the_nan_check_is_read_every_read_every_steps_not_only_at_the_end():
+    """A NaN at step 3 of a 35-step epoch stops the epoch at its first read, step READ_EVERY (25),
+    as the README says; a check read only at the end would run all 35 steps on spoiled weights."""
+    trainer, scheduler, batches = fp16_trainer(READ_EVERY + 10)
+    criterion, calls = trainer.criterion, []
+
+    def poisoned(logits, targets):
+        calls.append(1)
+        loss = criterion(logits, targets)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    trainer.criterion = poisoned
+    with pytest.raises(DivergenceError, match=r"step 3; lower --max-lr$"):
+        train_epoch(trainer, batches, scheduler, epoch=1)
+    assert len(calls) == READ_EVERY
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
 def test_fused_sgd_survives_skipped_first_steps_like_plain_sgd():
     """GradScaler's first fp16 steps overflow and are skipped; fused SGD must then train exactly as
     plain SGD does (without the zeroed momentum buffers it adds uninitialised memory to the weights)."""
@@ -183,6 +237,33 @@ def test_resuming_keeps_this_runs_fused_choice():
     optimizer = build_optimizer(model, Config(), 0.1, fused=True)
     load_optimizer_state(optimizer, saved)
     assert all(group["fused"] for group in optimizer.param_groups)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resuming_an_nchw_checkpoint_gives_buffers_the_parameters_layout(optimizer):
+    """A checkpoint written in NCHW (MPS, or an older CPU fp32 run) resumed where parameters are
+    channels_last: fused SGD on CUDA needs params, grads and buffers with the same strides."""
+    cfg = Config(optimizer=optimizer)
+    torch.manual_seed(0)
+    nchw = small_net()
+    written = build_optimizer(nchw, cfg, 0.1)
+    nchw(torch.randn(4, 3, 8, 8)).sum().backward()
+    written.step()
+    saved = written.state_dict()
+    model = small_net().to(memory_format=torch.channels_last)
+    model.load_state_dict(nchw.state_dict())
+    optimizer = build_optimizer(model, cfg, 0.1, fused=True)
+    load_optimizer_state(optimizer, saved)
+    conv = model[0].weight
+    assert conv.stride() != conv.contiguous().stride()            # the test has a channels_last parameter
+    buffers = 0
+    for param in model.parameters():
+        for key, value in optimizer.state[param].items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                buffers += 1
+                assert value.stride() == param.stride(), (key, tuple(param.shape))
+                assert torch.equal(value, written.state[dict(zip(model.parameters(), nchw.parameters()))[param]][key])
+    assert buffers == (5 if cfg.optimizer == "sgd" else 10)  # 5 parameters: momentum, or exp_avg and exp_avg_sq
 
 
 # --------------------------------------------------------------------------------------------

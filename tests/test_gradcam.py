@@ -1,5 +1,6 @@
-"""Grad-CAM on Layer3's residual output: maps of the right shape and range, and, for a network trained
-on images whose class evidence sits in one quadrant, maps that point at that quadrant."""
+"""Grad-CAM on Layer3's residual output: maps of the right shape and range, the library's maps before its
+per-map scaling, the two maps of an image on one scale, each drawn in its own column, and, for a network
+trained on images whose class evidence sits in one quadrant, maps that point at that quadrant."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from custom_resnet import CustomResNet
 from modular import galleries
-from modular.gradcam import gradcam_maps, target_layer
+from modular.gradcam import gradcam_maps, gradcam_pair, target_layer
 
 QUADRANTS = [(slice(0, 16), slice(0, 16)), (slice(0, 16), slice(16, 32)),
              (slice(16, 32), slice(0, 16)), (slice(16, 32), slice(16, 32))]
@@ -63,15 +64,35 @@ def test_the_target_is_layer3s_residual_output(quadrant_model):
         assert torch.allclose(out, x + torch.nn.Sequential(*model.layer3[1])(x.clone()))  # X + R2(X)
 
 
-def test_maps_are_n_by_32_by_32_in_0_1(quadrant_model):
+def test_maps_are_n_by_32_by_32_and_the_librarys_before_its_per_map_scaling(quadrant_model):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     model, images, labels = quadrant_model
     maps = gradcam_maps(model, images[:6], labels[:6].tolist())
-    assert maps.shape == (6, 32, 32) and maps.dtype == np.float32
-    assert maps.min() >= 0.0 and maps.max() <= 1.0 and (maps.max(axis=(1, 2)) > 0.5).all()
+    assert maps.shape == (6, 32, 32) and maps.dtype == np.float32 and maps.min() >= 0.0
+    with GradCAM(model=model, target_layers=[target_layer(model)]) as cam:
+        library = cam(input_tensor=images[:6], targets=[ClassifierOutputTarget(int(c)) for c in labels[:6]])
+    low, high = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    assert np.allclose((maps - low) / (high - low), library, atol=1e-4)  # the library scales each map by itself
     model.train()
     gradcam_maps(model, images[:2], [0, 1])
     assert model.training  # left in the mode it came in
     model.eval()
+
+
+def test_the_two_maps_of_an_image_share_one_scale(quadrant_model):
+    """Normalised together: the stronger map peaks at 1, the weaker keeps its smaller strength (each map
+    scaled by itself would show both at full strength, so the columns could not be compared)."""
+    model, images, labels = quadrant_model
+    other = ((labels + 1) % 4).tolist()
+    true_maps, other_maps = gradcam_pair(model, images[:8], labels[:8].tolist(), other[:8])
+    raw_true, raw_other = gradcam_maps(model, images[:8], labels[:8].tolist()), gradcam_maps(model, images[:8], other[:8])
+    peak = np.maximum(raw_true.max(axis=(1, 2)), raw_other.max(axis=(1, 2)))[:, None, None]
+    assert np.allclose(true_maps, raw_true / peak, atol=1e-6) and np.allclose(other_maps, raw_other / peak, atol=1e-6)
+    assert np.allclose(np.maximum(true_maps.max(axis=(1, 2)), other_maps.max(axis=(1, 2))), 1.0)
+    assert (other_maps.max(axis=(1, 2)) < 0.9).sum() >= 4, other_maps.max(axis=(1, 2)).round(2)  # weaker evidence
+    assert true_maps.min() >= 0.0 and other_maps.min() >= 0.0
 
 
 def quadrant_share(maps: np.ndarray, labels) -> np.ndarray:
@@ -96,10 +117,22 @@ def test_the_map_for_another_class_does_not(quadrant_model):
     assert np.median(share) < 0.25, share.round(2)  # (measured: 0.05)
 
 
-def test_the_figure_shows_image_predicted_and_true_maps(quadrant_model):
+def test_the_figure_shows_image_predicted_and_true_maps_each_in_its_column(quadrant_model):
     model, images, labels = quadrant_model
-    maps = gradcam_maps(model, images[:3], labels[:3].tolist())
+    predicted, actual = [1, 2, 3], [0, 1, 2]
+    maps_predicted, maps_actual = gradcam_pair(model, images[:3], predicted, actual)
+    assert not np.allclose(maps_predicted, maps_actual)
     raw = (np.clip(images[:3].permute(0, 2, 3, 1).numpy() * 0.25 + 0.5, 0, 1) * 255).astype(np.uint8)
-    fig = galleries.plot_gradcam(raw, maps, maps, [1, 2, 3], [0, 1, 2], ["a", "b", "c", "d"])
+    fig = galleries.plot_gradcam(raw, maps_predicted, maps_actual, predicted, actual, ["a", "b", "c", "d"])
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[:3] == ["image 1", "pred: b", "true: a"] and len(titles) == 9
+    assert "share one colour scale" in fig._suptitle.get_text()
+    for i in range(3):
+        row, col = divmod(i, 2)
+        image_ax, pred_ax, true_ax = fig.axes[row * 6 + 3 * col: row * 6 + 3 * col + 3]
+        assert image_ax.get_title() == f"image {i + 1}"
+        for ax in (image_ax, pred_ax, true_ax):
+            assert np.array_equal(ax.get_images()[0].get_array(), raw[i])  # the image, under the map
+        assert np.array_equal(pred_ax.get_images()[1].get_array(), maps_predicted[i])
+        assert np.array_equal(true_ax.get_images()[1].get_array(), maps_actual[i])
+        assert pred_ax.get_images()[1].get_clim() == true_ax.get_images()[1].get_clim() == (0.0, 1.0)

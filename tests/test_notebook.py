@@ -11,7 +11,6 @@ import torch
 from helpers import ROOT, shared_run
 
 from modular import notebook, pipeline
-from modular.config import Config
 from modular.inference import gradcam_figure
 from modular.prepare import new_model, prepare
 from modular.weights import export_weights, load_weights
@@ -75,7 +74,7 @@ def shipped(tmp_path_factory):
 
 def test_the_weights_path_shows_the_record_and_loads_instead_of_training(shipped, tmp_path, capsys):
     run, record_path, weights = shipped
-    cfg = Config.from_dict(run.record["config"]).replace(output_dir=str(tmp_path / "out"), device="cpu")
+    cfg = run.cfg.replace(output_dir=str(tmp_path / "out"), device="cpu")
     prepared = prepare(cfg)
     model = new_model(cfg)
     recorded = notebook.recorded_run(record_path)
@@ -95,6 +94,6 @@ def test_the_weights_path_shows_the_record_and_loads_instead_of_training(shipped
 
 def test_gradcam_figure_with_nothing_misclassified_says_so(shipped, tmp_path):
     run = shipped[0]
-    cfg = Config.from_dict(run.record["config"]).replace(output_dir=str(tmp_path), device="cpu")
+    cfg = run.cfg.replace(output_dir=str(tmp_path), device="cpu")
     fig = gradcam_figure(new_model(cfg), prepare(cfg), {**run.record, "misclassified": []})
     assert "no misclassified test images" in fig.texts[0].get_text()

@@ -3,6 +3,7 @@ divergence, unwritable output and determinism. Cases about the command line run 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -24,6 +25,8 @@ from helpers import (
     describe,
     error_lines,
     finish,
+    live_group_members,
+    read_until,
     run_cli,
     run_cli_many,
     shared_run,
@@ -34,7 +37,14 @@ from helpers import (
 
 from modular import pipeline
 from modular import train as train_module
-from modular.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from modular.checkpoint import (
+    FORMAT,
+    RESUME_REQUIRED,
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.prepare import new_model, prepare
@@ -100,6 +110,10 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tree, tmp_path):
     # the code that ran it: at the start, and again at the resume
     assert [entry["from_epoch"] for entry in got["commit"]] == [0, at_kill]
     assert [entry["from_epoch"] for entry in want["commit"]] == [0]
+    # and the machine: both parts here, on this CPU in fp32
+    parts = [(p["from_epoch"], p["device"], p["precision"]) for p in got["ran_on"]]
+    assert parts == [(0, "cpu", "fp32"), (at_kill, "cpu", "fp32")]
+    assert got["ran_on"][0] == got["ran_on"][1] | {"from_epoch": 0} == want["ran_on"][0]
 
     mine, theirs = load_checkpoint(killed_dir / "checkpoint.pt"), load_checkpoint(reference_dir / "checkpoint.pt")
     assert mine["epoch"] == theirs["epoch"] == 3
@@ -146,6 +160,34 @@ def test_a_stop_signal_says_how_to_resume_and_keeps_the_checkpoint(tree, tmp_pat
     assert resumed.returncode == 0, describe(resumed)
     record = json.loads((out / "run.json").read_text())
     assert [row["epoch"] for row in record["history"]] == [1, 2, 3]
+
+
+def test_sigterm_to_the_whole_process_group_of_a_run_with_workers(tree, tmp_path):
+    """`timeout`, Slurm and `kill -- -PGID` signal every process of the job, DataLoader workers
+    included. Signalled in epoch 2 (just after epoch 1's row is printed), the run stops as it does
+    without workers: exit 143 with the resume line, no traceback from a worker killed under the
+    main process, a checkpoint that loads, and no worker left behind (nor a hang at exit)."""
+    out = tmp_path / "out"
+    proc = start_cli(train_args(tree, out, "--workers", "2"), own_group=True)
+    try:
+        read_until(proc, lambda line: line.split()[:1] == ["1"])  # epoch 1's row: epoch 2 has begun
+        os.killpg(proc.pid, signal.SIGTERM)
+        result = finish(proc, timeout=120)
+        deadline = time.monotonic() + 60
+        while live_group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not live_group_members(proc.pid), "DataLoader workers outlived the run"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert result.returncode == 143, describe(result)
+    assert "Traceback" not in result.stderr and "Error" not in result.stderr, describe(result)
+    assert f"\nterminated: the last finished epoch is saved in {out / 'checkpoint.pt'}; resume with: " in result.stderr, \
+        describe(result)
+    state = load_checkpoint(out / "checkpoint.pt", RESUME_REQUIRED)
+    assert 1 <= state["epoch"] < 3
+    from custom_resnet import CustomResNet
+    load_model_state(CustomResNet(), state, out / "checkpoint.pt")
 
 
 def test_the_resume_hint_comes_from_mains_own_arguments(tree, tmp_path, monkeypatch, capsys):
@@ -280,6 +322,7 @@ BAD_CONFIGS = {
     "logit scale 0": (["--logit-scale", "0"], "logit scale must be a number > 0"),
     "logit scale inf": (["--logit-scale", "inf"], "logit scale must be a number > 0"),
     "lr rule foo": (["--lr-rule", "foo"], "--lr-rule"),
+    "seed -1": (["--seed", "-1"], "seed must lie in 0..4294967295 (got -1)"),
 }
 
 
@@ -435,15 +478,57 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
 
 
 def test_saving_removes_a_dead_writers_leftover_but_not_a_live_writers_file(tmp_path):
+    """Temporary files are named by host and pid: on a folder shared by machines (Google Drive reused
+    from another Colab VM) another machine's pid means nothing here."""
+    from modular.checkpoint import FOREIGN_TMP_STALE_SECONDS, host_tag
+
     path = tmp_path / "checkpoint.pt"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = tmp_path / f".checkpoint.pt.{dead.pid}.abc123.tmp"      # a writer killed mid-write
-    writing = tmp_path / f".checkpoint.pt.{os.getppid()}.def456.tmp"  # another live process, still writing
-    orphan.write_bytes(b"half")
-    writing.write_bytes(b"half")
+    here, there, alive = host_tag(), f"other-{host_tag()}", os.getppid()
+    files = {
+        "orphan": f".checkpoint.pt.{here}.{dead.pid}.abc123.tmp",       # a writer here, killed mid-write
+        "writing": f".checkpoint.pt.{here}.{alive}.def456.tmp",          # another live process here, still writing
+        "writing elsewhere": f".checkpoint.pt.{there}.{dead.pid}.ghi789.tmp",  # live on another VM, its pid not ours
+        "dead VM": f".checkpoint.pt.{there}.{alive}.jkl012.tmp",        # a dead VM's, its pid alive here by chance
+        "old name": f".checkpoint.pt.{dead.pid}.mno345.tmp",             # written before names held the host
+    }
+    for name in files.values():
+        (tmp_path / name).write_bytes(b"half")
+    long_ago = time.time() - FOREIGN_TMP_STALE_SECONDS - 60
+    os.utime(tmp_path / files["dead VM"], (long_ago, long_ago))
     save_checkpoint(minimal_state(1), path)
-    assert not orphan.exists() and writing.exists()
+    left = {what for what, name in files.items() if (tmp_path / name).exists()}
+    assert left == {"writing", "writing elsewhere", "old name"}
+    assert sorted(p.name for p in tmp_path.glob(".checkpoint.pt.*.tmp")) == sorted(files[w] for w in left)  # ours renamed
+
+
+T4_START = {"from_epoch": 0, "device": "cuda", "precision": "fp16", "channels_last": True, "hardware": "Tesla T4"}
+
+
+@pytest.mark.parametrize("first_part", [None, T4_START], ids=["checkpoint from before parts were kept", "begun on a T4"])
+def test_a_resumed_runs_record_keeps_every_parts_hardware_and_precision(first_part, finished, tmp_path, capsys):
+    """The finished shared run's checkpoint, resumed here (nothing left to train: it is evaluated and
+    recorded): the record lists the parts. One begun in fp16 on a T4 and finished here in fp32 is
+    refused by `report`, in one line; an old checkpoint without parts still resumes."""
+    state = {k: v for k, v in load_checkpoint(finished.checkpoint).items() if k not in ("format", "ran_on")}
+    assert "ran_on" in load_checkpoint(finished.checkpoint)
+    out = tmp_path / "out"
+    save_checkpoint({**state, **({"ran_on": [first_part]} if first_part else {})}, out / "checkpoint.pt")
+    code, _, err = cli_main(resume_args(finished, out), capsys)
+    assert code == 0, err
+    record = json.loads((out / "run.json").read_text())
+    here = {"from_epoch": 2, "device": "cpu", "precision": "fp32", "channels_last": True, "hardware": record["hardware"]}
+    assert record["ran_on"] == ([first_part] if first_part else []) + [here]
+    assert [entry["from_epoch"] for entry in record["commit"]] == [0, 2]
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    code, _, err = cli_main(["report", out / "run.json", "--readme", readme], capsys)
+    if first_part is None:
+        assert code == 0 and "| Hardware |" in readme.read_text(), err
+    else:
+        assert_one_line_error(code, "", err, 1, str(out / "run.json"), "resumed on other hardware or precision",
+                              "from epoch 0: Tesla T4, cuda, fp16", f"from epoch 2: {record['hardware']}, cpu, fp32")
 
 
 @pytest.mark.parametrize("key", ["rng", "lr_per_step", "lr_max", "mean", "std"])
@@ -519,6 +604,15 @@ def test_bad_configuration_exits_2_with_a_message(name, tree, tmp_path, capsys):
     code, out, err = cli_main(["train", "--data-dir", tree, "--output-dir", out_dir, *flags], capsys)
     assert_one_line_error(code, out, err, 2, message, "error:")
     assert not (out_dir / "checkpoint.pt").exists()
+
+
+def test_a_seed_outside_numpys_range_is_a_configuration_error():
+    from modular.config import ConfigError
+
+    for seed in (-1, 2**32):
+        with pytest.raises(ConfigError, match=r"^seed must lie in 0\.\.4294967295 \(got "):
+            Config(seed=seed).validate()
+    Config(seed=2**32 - 1).validate()
 
 
 # --------------------------------------------------------------------------------------------

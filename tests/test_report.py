@@ -9,7 +9,7 @@ import pytest
 
 from modular.cli import main
 from modular.config import Config
-from modular.report import ReportError, performance_table, results_table, seeds_table, update_readme
+from modular.report import ReportError, performance_table, render_sections, results_table, seeds_table, update_readme
 
 RUN = {
     "history": [{"epoch": e, "test_acc": 50.0 + e} for e in range(1, 25)],
@@ -163,3 +163,16 @@ def test_report_with_ablation_flags_writes_the_ablations_section(tmp_path):
     assert main(["report", str(paths[0]), str(paths[1]), "--ablation", str(paths[2]), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert f"report {paths[0]} {paths[1]} --ablation {paths[2]}`" in text and "| optimizer: sgd → adam | 0 |" in text
+
+
+def test_a_record_resumed_in_another_setting_is_refused(tmp_path):
+    part = {"from_epoch": 0, "device": "cpu", "precision": "bf16", "channels_last": True, "hardware": "Some CPU (2 threads)"}
+    path = tmp_path / "run.json"
+    for parts in ([], [part], [part, {**part, "from_epoch": 7}]):  # older records, one part, resumed alike
+        path.write_text(json.dumps({**RUN, "ran_on": parts}))
+        assert "**91.23%**" in render_sections([path])["results"][1]
+    for change in ({"precision": "fp32"}, {"hardware": "Other CPU (4 threads)"}, {"device": "cuda"}):
+        path.write_text(json.dumps({**RUN, "ran_on": [part, {**part, "from_epoch": 7, **change}]}))
+        with pytest.raises(ReportError, match=r"run.json was resumed on other hardware or precision \(from epoch 0: "
+                                              r"Some CPU \(2 threads\), cpu, bf16; from epoch 7: "):
+            render_sections([path])

@@ -58,7 +58,8 @@ def test_run_json_has_every_field(run):
     missing = RECORD_KEYS - set(record)
     assert not missing, f"run.json lacks {sorted(missing)}"
     assert record == json.loads(json.dumps(run.record))    # the file is the returned record
-    assert record["config"] == run.cfg.to_dict()
+    # the config as run, its paths reduced to their last part (no folders of this machine in a record)
+    assert record["config"] == {**run.cfg.to_dict(), "data_dir": run.tree.name, "output_dir": run.output_dir.name}
     assert record["seed"] == run.cfg.seed == 0
     assert record["lr_max"] == 0.2 and record["lr_min"] == pytest.approx(0.2 / run.cfg.div_factor)
     assert record["lr_find"] is None                        # --max-lr given: no range test
@@ -67,6 +68,8 @@ def test_run_json_has_every_field(run):
     assert {"python", "torch", "numpy"} <= set(record["versions"])
     assert record["wall_seconds"] > 0
     assert record["commit"] == [code_version()]             # this checkout, written at the start
+    assert record["ran_on"] == [{"from_epoch": 0, "device": "cpu", "precision": "fp32", "channels_last": True,
+                                 "hardware": record["hardware"]}]  # and this machine
     assert record["best_test_acc"] == max(row["test_acc"] for row in record["history"])
     assert 0.0 <= record["tta_test_acc"] <= 100.0
 

@@ -44,7 +44,7 @@ def test_the_weights_file_is_fp16_with_what_inference_needs(exported):
     assert stored["mean"] == run.record["mean"] and stored["std"] == run.record["std"]
     noted = json.loads(record.read_text())["weights"]
     assert noted["sha256"] == sha256(weights) and noted["file"] == weights.name and noted["epoch"] == run.cfg.epochs
-    assert noted["exported_from"] == str(run.checkpoint)
+    assert noted["exported_from"] == "checkpoint.pt"  # the run's own, named without this machine's folders
 
 
 def test_fp16_weights_give_the_fp32_models_predictions(exported):
@@ -134,13 +134,33 @@ def test_weights_of_another_model_or_no_weights_file_are_one_line_errors(exporte
             load_weights(path)
 
 
-def test_gradcam_command_draws_the_records_misclassified_images(exported, tmp_path, capsys):
+def test_gradcam_command_draws_the_records_misclassified_images(exported, tmp_path, capsys, monkeypatch):
+    """The figure shows the record's images (not those the model gets wrong now), each titled with the
+    record's predicted and true class, in that order."""
+    from modular import plots
+    from modular.data import load_cifar10
+
     run, record, weights = exported
+    test = load_cifar10(run.tree)
+    chosen = [5, 17, 42, 63]  # made-up mistakes the model does not make: only the record names them
+    wrong = [{"index": i, "predicted": int(test.test_labels[i] + 3) % 10, "actual": int(test.test_labels[i])} for i in chosen]
+    made_up = tmp_path / "run.json"
+    made_up.write_text(json.dumps({**json.loads(record.read_text()), "misclassified": wrong}))
+    drawn, real_save = [], plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: drawn.append(fig) or real_save(fig, path, **kw))
     out = tmp_path / "gradcam.png"
-    code, stdout, err = cli_main(["gradcam", "--weights", weights, "--data-dir", run.tree, "--record", record,
+    code, stdout, err = cli_main(["gradcam", "--weights", weights, "--data-dir", run.tree, "--record", made_up,
                                   "--output", out], capsys)
     assert code == 0, err
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(out) in stdout
+    (fig,) = drawn
+    shown = [ax for ax in fig.axes if ax.get_title()]
+    assert len(shown) == 3 * len(wrong)
+    for n, (entry, (image_ax, pred_ax, true_ax)) in enumerate(zip(wrong, zip(*[iter(shown)] * 3)), start=1):
+        assert [image_ax.get_title(), pred_ax.get_title(), true_ax.get_title()] == \
+            [f"image {n}", f"pred: {CIFAR10_CLASSES[entry['predicted']]}", f"true: {CIFAR10_CLASSES[entry['actual']]}"]
+        for ax in (image_ax, pred_ax, true_ax):
+            assert np.array_equal(ax.get_images()[0].get_array(), test.test_images[entry["index"]])
 
 
 def test_export_refuses_a_checkpoint_without_the_runs_statistics(tmp_path, exported):
