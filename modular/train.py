@@ -129,10 +129,11 @@ def train_epoch(trainer: Trainer, loader, scheduler, epoch: int, bar: bool = Fal
             if bad_step := int(first_bad):
                 progress.close()
                 raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {bad_step}; lower --max-lr")
-            lines.note = f"train loss {float(loss_sum) / seen:.3f}, train acc {100 * int(correct) / seen:.1f}%"
-            if bar:
-                progress.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", lr=f"{lrs[-1]:.2e}",
-                                     acc=f"{100 * int(correct) / seen:.1f}%")
+            if step < steps:  # running figures for the bar or the next line (the epoch's own line follows its last step)
+                loss_so_far, acc_so_far = float(loss_sum) / seen, 100 * int(correct) / seen
+                lines.note = f"train loss {loss_so_far:.3f}, train acc {acc_so_far:.1f}%"
+                if bar:
+                    progress.set_postfix(loss=f"{loss_so_far:.3f}", lr=f"{lrs[-1]:.2e}", acc=f"{acc_so_far:.1f}%")
         progress.update(1)
         if not bar:
             lines.update(step)
