@@ -26,6 +26,11 @@ ACCEPTED_LAYOUTS = (
     "an image tree train/<class>/*, test/<class>/* (or a .tar.gz of one)"
 )
 IMAGE_SIZE = (32, 32)
+# The official training set's channel statistics to 4 places: what tells its pixels (torchvision's
+# download, or a lossless copy) from a lossy copy (the JPEG one's std is 0.2452, 0.2428, 0.2606).
+OFFICIAL_MEAN = (0.4914, 0.4822, 0.4465)
+OFFICIAL_STD = (0.2470, 0.2435, 0.2616)
+OFFICIAL_SIZES = (50_000, 10_000)  # train, test
 
 
 class DataError(RuntimeError):
@@ -67,26 +72,28 @@ class CifarData:
 # Loading
 # --------------------------------------------------------------------------------------------
 
-def load_cifar10(data_dir: str | os.PathLike | None = None, download_root: str | os.PathLike = "data") -> CifarData:
-    """Load CIFAR-10 from ``data_dir`` (see the module docstring), or download it when None."""
+def load_cifar10(data_dir: str | os.PathLike | None = None, download_root: str | os.PathLike = "data",
+                 setting: str = "--data-dir") -> CifarData:
+    """Load CIFAR-10 from ``data_dir`` (see the module docstring), or download it when None.
+    ``setting``: what the user sets ``data_dir`` with, named in errors (the notebook: CIFAR10_DIR)."""
     if data_dir is None:
-        return _load_torchvision(Path(download_root), download=True)
+        return _load_torchvision(Path(download_root), download=True, setting=setting)
     path = Path(data_dir)
     if not path.exists():
-        raise DataError(f"--data-dir {path} does not exist; give {ACCEPTED_LAYOUTS}")
+        raise DataError(f"{setting} {path} does not exist; give {ACCEPTED_LAYOUTS}")
     if path.is_file():
         if path.name.endswith((".tar.gz", ".tgz", ".tar")):
             return _load_tar(path)
-        raise DataError(f"--data-dir {path} is a file but not a .tar.gz; give {ACCEPTED_LAYOUTS}")
+        raise DataError(f"{setting} {path} is a file but not a .tar.gz; give {ACCEPTED_LAYOUTS}")
     if (path / "cifar-10-batches-py").is_dir() or (path / "cifar-10-python.tar.gz").is_file():
-        return _load_torchvision(path, download=False)
+        return _load_torchvision(path, download=False, setting=setting)
     tree = _find_image_tree(path)
     if tree is None:
-        raise DataError(f"--data-dir {path} holds no CIFAR-10; give {ACCEPTED_LAYOUTS}")
+        raise DataError(f"{setting} {path} holds no CIFAR-10; give {ACCEPTED_LAYOUTS}")
     return _load_image_tree(tree)
 
 
-def _load_torchvision(root: Path, download: bool) -> CifarData:
+def _load_torchvision(root: Path, download: bool, setting: str = "--data-dir") -> CifarData:
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import extract_archive
 
@@ -99,7 +106,7 @@ def _load_torchvision(root: Path, download: bool) -> CifarData:
     except Exception as error:  # URLError offline, RuntimeError for missing or corrupt files
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         what = "could not download CIFAR-10" if download else f"CIFAR-10 in {root} is missing or corrupt"
-        raise DataError(f"{what} ({reason}); pass --data-dir with {ACCEPTED_LAYOUTS}") from None
+        raise DataError(f"{what} ({reason}); point {setting} at {ACCEPTED_LAYOUTS}") from None
     classes = tuple(train.classes)
     if classes != CIFAR10_CLASSES:
         raise DataError(f"{root}: batches.meta lists classes {classes}, expected CIFAR-10's {CIFAR10_CLASSES}")

@@ -20,7 +20,7 @@ from modular.jsonio import write_record
 from modular.lr_finder import LRFindResult, range_test
 from modular.prepare import Prepared, new_model, prepare
 from modular.record import RunFacts, build_record
-from modular.train import DivergenceError, FitResult, build_criterion, build_optimizer, fit, interactive
+from modular.train import DivergenceError, FitResult, build_criterion, build_optimizer, fit
 
 
 class OutputDirError(RuntimeError):
@@ -41,13 +41,18 @@ def prepare_output_dir(path: str | Path) -> Path:
     return path
 
 
-def lr_range_test(prepared: Prepared, model: torch.nn.Module) -> LRFindResult:
+def lr_range_test(prepared: Prepared, model: torch.nn.Module, log: Callable[[str], None] = print) -> LRFindResult:
     """The range test with the training's own optimizer and loss; ``model`` is left as it was."""
     cfg = prepared.cfg
     model = prepared.runtime.prepare_model(model)
     optimizer = build_optimizer(model, cfg, cfg.lr_find_start)
-    return range_test(model, optimizer, build_criterion(cfg), prepared.train_loader, prepared.runtime, cfg,
-                      show_progress=interactive())
+    return range_test(model, optimizer, build_criterion(cfg), prepared.train_loader, prepared.runtime, cfg, log=log)
+
+
+def describe_range_test(cfg: Config) -> str:
+    """What the range test is about to cost, said before it starts: it does not shrink with --subset."""
+    return (f"LR range test: {cfg.lr_find_iters} steps of {cfg.batch_size} images ({cfg.lr_find_iters * cfg.batch_size:,} "
+            f"images; --max-lr skips it) from {cfg.lr_find_start:g} to {cfg.lr_find_end:g}")
 
 
 def checkpoint_path(cfg: Config) -> Path:
@@ -84,9 +89,9 @@ def decide_lr(prepared: Prepared, model: torch.nn.Module, state: dict | None = N
     elif cfg.max_lr is not None:
         facts = RunFacts.decided(prepared, cfg.max_lr)
     else:
-        log(f"LR range test: {cfg.lr_find_iters} steps from {cfg.lr_find_start:g} to {cfg.lr_find_end:g}")
+        log(describe_range_test(cfg))
         tested = time.perf_counter()
-        found = lr_range_test(prepared, model)
+        found = lr_range_test(prepared, model, log)
         facts = RunFacts.decided(prepared, found.lr_max, found, time.perf_counter() - tested)
     log(f"LRMAX {facts.lr_max:.4g}, LRMIN {facts.lr_min:.4g} (OneCycle peak at epoch "
         f"{cfg.resolved_peak_epoch} of {cfg.epochs})")
@@ -102,7 +107,10 @@ def train(prepared: Prepared, model: torch.nn.Module, facts: RunFacts, resume: b
     prepare_output_dir(cfg.output_dir)
     if state is None:
         state = find_checkpoint(cfg, resume)
-    if state is not None:
+    if state is not None and int(state["epoch"]) >= cfg.epochs:
+        log(f"{checkpoint_path(cfg)} holds a finished run ({state['epoch']} of {cfg.epochs} epochs): nothing left "
+            "to train; its epochs:")
+    elif state is not None:
         log(f"resuming {checkpoint_path(cfg)} after epoch {state['epoch']} of {cfg.epochs}")
     return fit(prepared, model, facts, checkpoint_path(cfg), resume_state=state, log=log)
 
@@ -117,7 +125,7 @@ def finish(prepared: Prepared, facts: RunFacts, result: FitResult, log: Callable
     evaluation = {}
     if result.history:
         evaluation = full_evaluation(result.model, prepared.test_loader, prepared.runtime, prepared.data.classes,
-                                     build_criterion(prepared.cfg))
+                                     build_criterion(prepared.cfg), log=log)
     # compute time of the whole run, the same whether or not it was interrupted and resumed
     wall = facts.lr_find_seconds + sum(row["seconds"] for row in result.history)
     record = write_record(out / "run.json", build_record(prepared, facts, result.history, result.lr_per_step, evaluation,
@@ -152,7 +160,7 @@ def run(cfg: Config, resume: bool = False, data: CifarData | None = None,
     out = prepare_output_dir(cfg.output_dir)
     state = find_checkpoint(cfg, resume)
     if resume and state is None:
-        log(f"no checkpoint in {out}: starting a new run")
+        log(f"--resume: no checkpoint in {out}, so this starts a new run")
     prepared = prepare(cfg, data, *((state["mean"], state["std"]) if state else (None, None)))
     data = prepared.data
     log(f"data: {data.source}: {len(data.train_labels):,} train / {len(data.test_labels):,} test images; "

@@ -12,13 +12,24 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from modular.config import RUNTIME_FIELDS, Config
+from modular.data import OFFICIAL_MEAN, OFFICIAL_SIZES, OFFICIAL_STD
 
 
 class ReportError(RuntimeError):
     """The record or the README cannot be used; the message says which and why."""
+
+
+def describe_data(record: dict) -> str:
+    """The data a run used, by what it is rather than where it lay on the machine that ran it: the
+    official CIFAR-10 pixels when the image counts and channel statistics are theirs, else the name of
+    the source (its last path component; no folders)."""
+    official = ((record["train_images"], record["test_images"]) == OFFICIAL_SIZES
+                and [round(x, 4) for x in record.get("mean", ())] == list(OFFICIAL_MEAN)
+                and [round(x, 4) for x in record.get("std", ())] == list(OFFICIAL_STD))
+    return "the official CIFAR-10 pixels" if official else f"`{PurePath(record['data_source']).name}`"
 
 
 def results_table(record: dict) -> str:
@@ -33,7 +44,7 @@ def results_table(record: dict) -> str:
         ("Seconds per epoch (train + test)", f"{record['seconds_per_epoch']:.0f}"),
         ("Total time (range test + training + evaluation)", f"{record['wall_seconds'] / 3600:.2f} h"),
         ("Hardware", f"{record['hardware']}, {precision}"),
-        ("Data", f"{record['data_source']}: {record['train_images']:,} train / {record['test_images']:,} test"),
+        ("Data", f"{describe_data(record)}: {record['train_images']:,} train / {record['test_images']:,} test"),
     ]
     evaluated = record.get("weights", {}).get("evaluated")
     if evaluated:  # the shipped fp16 weights, evaluated again (fp32) on the same test set
@@ -75,7 +86,7 @@ def seeds_table(records: list[dict], names: list[str]) -> str:
     epochs = len(records[0]["history"])
     lead = (f"**{statistics.mean(acc):.2f}% ± {sd(acc):.2f}** test accuracy at epoch {epochs} (mean ± sample standard "
             f"deviation over {len(acc)} seeds, no TTA; min {min(acc):.2f}%, max {max(acc):.2f}%), "
-            f"on {records[0]['data_source']}.")
+            f"on {describe_data(records[0])}.")
     rows = [f"| {r['seed']} | {r['lr_max']:.4g} | {r['test_acc']:.2f}% | {r['tta_test_acc']:.2f}% | "
             f"{r['wall_seconds'] / 3600:.2f} h |" for r in records]
     for label, pick in (("mean", statistics.mean), ("sample sd", sd), ("min", min), ("max", max)):
@@ -208,7 +219,7 @@ def update_readme(paths: list[Path], readme: Path, ablations: list[Path] = ()) -
             raise ReportError(f"{readme} has no {start} ... {end} markers; add them where the table belongs")
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
-        note = f"<!-- written by `python -m modular report {source}`; do not edit by hand -->"
+        note = f"<!-- written by `python -m modular report {source} --readme {readme.name}`; do not edit by hand -->"
         text = f"{head}{start}\n{note}\n{table}\n{end}{tail}"
     readme.write_text(text)
     return list(sections)

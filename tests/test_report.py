@@ -108,7 +108,7 @@ def test_report_with_several_runs_writes_the_seeds_section(tmp_path, capsys):
         paths[-1].write_text(json.dumps(seed_run(seed, acc)))
     assert main(["report", *map(str, paths), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert "**94.05% ± 0.35**" in text and f"report {paths[0]} {paths[1]}`" in text
+    assert "**94.05% ± 0.35**" in text and f"report {paths[0]} {paths[1]} --readme README.md`" in text
     assert "<!-- results:start -->\nold" in text  # the single-run section is left alone
     (tmp_path / "jpeg.json").write_text(json.dumps(seed_run(2, 91.0, std=[0.2452, 0.2428, 0.2606])))
     assert main(["report", *map(str, paths), str(tmp_path / "jpeg.json"), "--readme", str(readme)]) == 1
