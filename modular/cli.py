@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=DEVICES, default=Config.device)
     evaluate.add_argument("--record", help="with --weights: note the result in this run record (results/headline.json)")
 
-    predict = commands.add_parser("predict", help="top-3 classes of image files (any size, resized to 32x32)")
+    predict = commands.add_parser("predict", help="top-3 classes of image files (any size: turned upright per EXIF, "
+                                  "centre-cropped to a square, resized to 32x32)")
     predict.add_argument("images", nargs="+", help="image files Pillow reads (PNG, JPEG, ...)")
     predict.add_argument("--weights", help="default: results/custom_resnet_cifar10.pt, the shipped weights")
 
@@ -106,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--output", default="results/custom_resnet_cifar10.pt")
     export.add_argument("--record", help="the run's record (run.json) to note the file's sha256 in")
+
+    test_set = commands.add_parser("test-set", help="the test set's identity (a hash of its images and labels in "
+                                   "order); with run records: check them against it and add it to them")
+    test_set.add_argument("records", nargs="*", help="run records made on this test set (results/headline.json)")
+    test_set.add_argument("--data-dir")
 
     stats = commands.add_parser("stats", help="image counts, class counts, channel mean and std")
     stats.add_argument("--data-dir")
@@ -200,6 +206,8 @@ def cmd_evaluate(args) -> int:
     from modular.inference import load_for_evaluation
 
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, args.device)
+    if args.record:
+        check_record_test_set(args.record, loaded.prepared.data)
     result = full_evaluation(loaded.model, loaded.prepared.test_loader, loaded.prepared.runtime, loaded.prepared.data.classes,
                              loaded.criterion)
     print(loaded.description)
@@ -234,9 +242,32 @@ def cmd_gradcam(args) -> int:
     from modular.plots import save_figure
 
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, device="cpu")
-    record = json.loads(Path(args.record).read_text()) if args.record else None
+    record = check_record_test_set(args.record, loaded.prepared.data) if args.record else None
     path = save_figure(gradcam_figure(loaded.model, loaded.prepared, record), args.output)
     print(f"Grad-CAM figure: {path}")
+    return 0
+
+
+def check_record_test_set(record_path: str, data) -> dict:
+    """The run record at ``record_path``, refused (TestSetError) unless ``data`` holds its test set."""
+    from modular.testset import check_test_set
+
+    record = json.loads(Path(record_path).read_text())
+    note = check_test_set(record, record_path, data)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return record
+
+
+def cmd_test_set(args) -> int:
+    from modular.data import load_cifar10
+    from modular.testset import TestSetIdentity, stamp_record
+
+    data = load_cifar10(args.data_dir)
+    print(f"test set of {data.source}: {TestSetIdentity.of(data).to_dict()}")
+    for record in args.records:
+        stamp_record(record, data)
+        print(f"{record}: checked (image count, labels at its misclassified indices, images per class) and noted")
     return 0
 
 
@@ -283,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     from modular.pipeline import OutputDirError
     from modular.predict import ImageError
     from modular.report import ReportError
+    from modular.testset import TestSetError
     from modular.train import DivergenceError
     from modular.weights import WeightsError
 
@@ -294,12 +326,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_from_args(args)
             return cmd_train(args, cfg, argv) if args.command == "train" else cmd_lr_find(args, cfg)
         commands = {"evaluate": cmd_evaluate, "predict": cmd_predict, "gradcam": cmd_gradcam,
-                    "export-weights": cmd_export_weights, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report}
+                    "export-weights": cmd_export_weights, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report,
+                    "test-set": cmd_test_set}
         return commands[args.command](args)
     except ConfigError as error:
         args.command_parser.error(str(error))  # exit 2, like any other bad argument
     except (DataError, CheckpointError, OutputDirError, LRFinderError, DivergenceError, ReportError, WeightsError,
-            ImageError) as error:
+            ImageError, TestSetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except FileNotFoundError as error:
