@@ -113,6 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
     test_set.add_argument("records", nargs="*", help="run records made on this test set (results/headline.json)")
     test_set.add_argument("--data-dir")
 
+    samples = commands.add_parser("app-samples", help="the app's committed sample: one example per class and "
+                                  "misclassified images from the test set a run record names (at most 200 in all)")
+    samples.add_argument("--data-dir", required=True, help="the test set the record ran on (the official image tree)")
+    samples.add_argument("--record", default="results/headline.json", help="the run record of the weights")
+    samples.add_argument("--weights", help="default: results/custom_resnet_cifar10.pt, the shipped weights")
+    samples.add_argument("--output", default="results/app-samples")
+    samples.add_argument("--misclassified", type=_positive_int, default=190, help="misclassified images to keep")
+    samples.add_argument("--force", action="store_true", help="replace an existing sample")
+
+    app = commands.add_parser("app", help="the trained network in the browser (Gradio): top-k classes of a picture, "
+                              "Grad-CAM, misclassified test images; offline, no training")
+    app.add_argument("--weights", help="default: results/custom_resnet_cifar10.pt, the shipped weights")
+    app.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default): this computer only; 0.0.0.0: every "
+                     "network interface")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--records", nargs="+", help="run records, the weights' own first, then the other seeds' "
+                     "(default: results/headline.json results/official-seed1.json results/official-seed2.json)")
+    app.add_argument("--samples", help="the sample folder (default: results/app-samples)")
+
+    latency = commands.add_parser("app-latency", help="the app's response time with Grad-CAM through gradio_client "
+                                  "(run it on an otherwise idle machine)")
+    latency.add_argument("--calls", type=_positive_int, default=50, help="timed calls per picture, after one untimed")
+    latency.add_argument("--output", default="results/app-latency.json")
+
     stats = commands.add_parser("stats", help="image counts, class counts, channel mean and std")
     stats.add_argument("--data-dir")
 
@@ -271,6 +295,37 @@ def cmd_test_set(args) -> int:
     return 0
 
 
+def cmd_app_samples(args) -> int:
+    from modular.samples import make_sample
+    from modular.weights import SHIPPED
+
+    sample = make_sample(args.data_dir, args.record, args.weights or SHIPPED, args.output, args.misclassified, args.force)
+    print(f"{sample.folder}: {len(sample.examples)} examples and {len(sample.misclassified)} misclassified images "
+          f"of {sample.test_set}")
+    return 0
+
+
+def cmd_app(args) -> int:
+    from modular.app import RECORDS, serve
+    from modular.samples import FOLDER
+    from modular.weights import SHIPPED
+
+    serve(args.weights or SHIPPED, args.records or RECORDS, args.samples or FOLDER, args.host, args.port)
+    return 0
+
+
+def cmd_app_latency(args) -> int:
+    from modular.latency import describe, measure
+
+    record = measure(args.calls)
+    Path(args.output).write_text(json.dumps(record, indent=1))
+    print(f"{describe(record)}\nrecord: {args.output}")
+    if record["load_average_before"][0] > 0.5 or record["load_average_after"][0] > 1.5:
+        print("note: other work was running (see the load averages): measure again on an idle machine",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_export_weights(args) -> int:
     from modular.config import CIFAR10_CLASSES
     from modular.weights import export_weights, record_export
@@ -308,12 +363,14 @@ def cmd_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from modular.app import AppSetupError
     from modular.checkpoint import CheckpointError
     from modular.data import DataError
     from modular.lr_finder import LRFinderError
     from modular.pipeline import OutputDirError
     from modular.predict import ImageError
     from modular.report import ReportError
+    from modular.samples import SampleError
     from modular.testset import TestSetError
     from modular.train import DivergenceError
     from modular.weights import WeightsError
@@ -327,12 +384,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, cfg, argv) if args.command == "train" else cmd_lr_find(args, cfg)
         commands = {"evaluate": cmd_evaluate, "predict": cmd_predict, "gradcam": cmd_gradcam,
                     "export-weights": cmd_export_weights, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report,
-                    "test-set": cmd_test_set}
+                    "test-set": cmd_test_set, "app-samples": cmd_app_samples, "app": cmd_app,
+                    "app-latency": cmd_app_latency}
         return commands[args.command](args)
     except ConfigError as error:
         args.command_parser.error(str(error))  # exit 2, like any other bad argument
     except (DataError, CheckpointError, OutputDirError, LRFinderError, DivergenceError, ReportError, WeightsError,
-            ImageError, TestSetError) as error:
+            ImageError, TestSetError, SampleError, AppSetupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except FileNotFoundError as error:

@@ -95,7 +95,7 @@ def performance_table(bench: dict) -> str:
 def load_record(path: Path) -> dict:
     try:
         record = json.loads(Path(path).read_text())
-        if not isinstance(record, dict) or not ({"history", "train_images_per_s"} & set(record)):
+        if not isinstance(record, dict) or not ({"history", "train_images_per_s", "app_latency"} & set(record)):
             raise ValueError("neither a run record nor a benchmark record")
         return record
     except (OSError, ValueError) as error:
@@ -109,8 +109,12 @@ def render_sections(paths: list[Path]) -> dict[str, tuple[str, str]]:
     runs = [p for p, r in records.items() if "history" in r]
     sections = {}
     try:
-        for path in (p for p, r in records.items() if "history" not in r):
+        for path in (p for p, r in records.items() if "history" not in r and "app_latency" not in r):
             sections["performance"] = (str(path), performance_table(records[path]))
+        for path in (p for p, r in records.items() if "app_latency" in r):  # the app's response time
+            from modular.latency import describe
+
+            sections["app-latency"] = (str(path), describe(records[path]))
         if len(runs) == 1:
             sections["results"] = (str(runs[0]), results_table(records[runs[0]]))
         elif runs:
