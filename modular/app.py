@@ -276,6 +276,9 @@ def free_port(host: str = LOOPBACK) -> int:
 def launch(demo, parts: AppParts, host: str = LOOPBACK, port: int = 7860, **options) -> str:
     """Start serving ``demo`` on host:port in the background, offline (no share link, no SSR server),
     one request per event at a time; returns its URL. ``demo.close()`` stops it."""
+    for name in ("NO_PROXY", "no_proxy"):  # Gradio checks its own server over HTTP: never through a proxy
+        listed = [entry for entry in os.environ.get(name, "").split(",") if entry]
+        os.environ[name] = ",".join(listed + [h for h in (LOOPBACK, "localhost") if h not in listed])
     demo.queue(default_concurrency_limit=1)
     try:
         demo.launch(server_name=host, server_port=port, share=False, ssr_mode=False, prevent_thread_lock=True,

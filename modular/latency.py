@@ -28,7 +28,8 @@ def _timings(client, picture: str, calls: int) -> list[float]:
     return seconds
 
 
-def _summary(seconds: list[float]) -> dict:
+def summarise(seconds: list[float]) -> dict:
+    """Median, 90th percentile, extremes of every call but the first (kept apart as first_s)."""
     timed = seconds[1:]
     return {"median_s": statistics.median(timed), "p90_s": statistics.quantiles(timed, n=10)[-1] if len(timed) > 1
             else timed[0], "min_s": min(timed), "max_s": max(timed), "first_s": seconds[0], "calls": len(timed),
@@ -65,8 +66,8 @@ def measure(calls: int = 50) -> dict:
     return {
         "app_latency": {
             "request": "/classify through gradio_client: top-3, Grad-CAM on layer3 for the predicted class, opacity 0.5",
-            "example": {"picture": f"{example.name} (32x32 PNG)", **_summary(example_s)},
-            "photo": {"picture": f"{PHOTO[0]}x{PHOTO[1]} JPEG, {photo_bytes:,} bytes", **_summary(photo_s)},
+            "example": {"picture": f"{example.name} (32x32 PNG)", **summarise(example_s)},
+            "photo": {"picture": f"{PHOTO[0]}x{PHOTO[1]} JPEG, {photo_bytes:,} bytes", **summarise(photo_s)},
         },
         "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()), "cpus": os.cpu_count(),
         "hardware": hardware_name(torch.device("cpu")),

@@ -330,3 +330,73 @@ def test_in_a_browser_upload_classify_and_browse_the_misclassified_images(browse
     page.get_by_role("tab", name="About the network").click()
     assert "Test accuracy at epoch 24" in page.locator("#about").inner_text()
     assert not outside, outside
+
+
+# --------------------------------------------------------------------------------------------
+# The commands: app, app-latency
+# --------------------------------------------------------------------------------------------
+
+def test_the_app_command_serves_on_127_0_0_1_until_ctrl_c_even_behind_a_proxy():
+    """`python -m modular app` in a subprocess whose environment routes HTTP through a dead proxy
+    (helpers.NO_NETWORK): the app's own check of its server must not go through it."""
+    import signal
+    import urllib.request
+
+    from helpers import cli_env, finish, start_cli
+
+    port = free_port()
+    proc = start_cli(["app", "--port", port], env=cli_env())
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == f"the app is at http://127.0.0.1:{port}/ (Ctrl-C stops it)", line + proc.stderr.read()
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        assert opener.open(f"http://127.0.0.1:{port}/", timeout=60).status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        done = finish(proc, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_no_gradio_or_a_busy_port_is_one_line_saying_what_to_do(monkeypatch, capsys):
+    import sys
+
+    from helpers import cli_main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = cli_main(["app", "--port", port], capsys)
+    assert code == 1 and err.startswith(f"error: cannot serve on 127.0.0.1:{port}")
+    assert err.strip().endswith("pass another --port") and len(err.strip().splitlines()) == 1, err
+    monkeypatch.setitem(sys.modules, "gradio", None)   # as if it were not installed
+    code, out, err = cli_main(["app"], capsys)
+    assert code == 1 and err.strip() == "error: the app needs Gradio: pip install -r requirements-app.txt"
+
+
+def test_app_latency_writes_a_record_the_readme_section_is_made_from(tmp_path, capsys):
+    import json
+
+    from helpers import cli_main
+
+    from modular.report import update_readme
+
+    output = tmp_path / "app-latency.json"
+    code, out, err = cli_main(["app-latency", "--calls", 2, "--output", output], capsys)
+    assert code == 0, err
+    record = json.loads(output.read_text())
+    for picture in ("example", "photo"):
+        timing = record["app_latency"][picture]
+        assert timing["calls"] == 2 and len(timing["seconds"]) == 2 and timing["first_s"] > 0
+        assert timing["min_s"] <= timing["median_s"] <= timing["max_s"]
+    assert record["app_latency"]["photo"]["picture"].startswith("4032x3024 JPEG")
+    from modular.latency import summarise
+
+    summary = summarise([9.0, 0.3, 0.1, 0.2, 0.4])   # the first call warms up: not counted
+    assert (summary["first_s"], summary["calls"], summary["median_s"], summary["max_s"]) == (9.0, 4, 0.25, 0.4)
+    assert len(record["load_average_before"]) == 3 and record["versions"]["gradio"] == gradio.__version__
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- app-latency:start -->\nold\n<!-- app-latency:end -->\nafter\n")
+    assert update_readme([output], readme) == ["app-latency"]
+    text = readme.read_text()
+    assert f"median **{record['app_latency']['example']['median_s']:.3f} s**" in text and "old" not in text
