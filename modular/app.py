@@ -137,8 +137,8 @@ def classify(explainer: Explainer, upload, k, show_cam: bool, layer: str, target
 
 def misclassified(explainer: Explainer, sample: Sample, n, show_cam: bool, layer: str,
                   opacity) -> list[tuple[np.ndarray, str]]:
-    """The first ``n`` misclassified images of the sample at THUMB x THUMB, each captioned with its
-    true class and the prediction, with the Grad-CAM map of the predicted class when ``show_cam``."""
+    """The first ``n`` misclassified images of the sample at THUMB x THUMB, each captioned "true class →
+    predicted class (its probability)", with the Grad-CAM map of the predicted class when ``show_cam``."""
     n = _whole(n, 1, len(sample.misclassified), "the number of images")
     layer, opacity, _ = _checked(explainer, layer, opacity)
     chosen = sample.misclassified[:n]
@@ -148,7 +148,7 @@ def misclassified(explainer: Explainer, sample: Sample, n, show_cam: bool, layer
     maps = explainer.maps(pixels, predicted.tolist(), layer) if show_cam else [None] * n
     names = explainer.classes
     return [(overlay(image, heat, opacity, THUMB),
-             f"true: {names[item.label]}, predicted: {names[p]} ({probabilities[i, p]:.0%})")
+             f"{names[item.label]} → {names[p]} ({probabilities[i, p]:.0%})")
             for i, (image, heat, item, p) in enumerate(zip(pixels, maps, chosen, predicted))]
 
 
@@ -257,7 +257,8 @@ def build_app(parts: AppParts):
                 wrong_layer = gr.Dropdown(layers, value="layer3", label="Grad-CAM layer")
                 wrong_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Grad-CAM opacity")
             show = gr.Button("Show", variant="primary", elem_id="show")
-            gallery = gr.Gallery(columns=5, format="png", label="True and predicted class", object_fit="contain",
+            gallery = gr.Gallery(columns=5, format="png", label="True class → predicted class (its probability)",
+                                 object_fit="contain",
                                  height="auto", allow_preview=True, elem_id="misclassified")
             gr.on([wrong_tab.select, show.click], _shown_in_page(lambda *a: misclassified(explainer, sample, *a)),
                   [count, wrong_cam, wrong_layer, wrong_opacity], gallery, api_name="misclassified")
@@ -305,7 +306,15 @@ def serve(weights: str | os.PathLike = SHIPPED, records: Sequence[str | os.PathL
 
 def launch_in_notebook(weights: str | os.PathLike = SHIPPED):
     """The app below the notebook cell: in Colab through its port proxy (no share link, which would need
-    the internet), elsewhere from 127.0.0.1. Returns the Blocks (``.close()`` stops it)."""
+    the internet), elsewhere from 127.0.0.1. Returns the Blocks (``.close()`` stops it). In Colab, Gradio 6
+    is installed from requirements-app.txt first if it is missing."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if "google.colab" in sys.modules and importlib.util.find_spec("gradio") is None:
+        requirements = Path(__file__).resolve().parents[1] / "requirements-app.txt"
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(requirements)], check=True)
     parts = assemble(weights)
     demo = build_app(parts)
     launch(demo, parts, port=free_port(), inline=True, height=900)

@@ -136,7 +136,7 @@ def test_the_misclassified_gallery_captions_true_and_predicted_class(parts):
     assert len(shown) == 7
     for (picture, caption), item in zip(shown, sample.misclassified):
         assert picture.shape == (THUMB, THUMB, 3)
-        assert caption.startswith(f"true: {names[item.label]}, predicted: {names[item.predicted]} (")
+        assert caption.startswith(f"{names[item.label]} → {names[item.predicted]} (")
     assert len({names[item.label] for item in sample.misclassified[:7]}) == 7  # the classes take turns
     assert len(misclassified(parts.explainer, sample, len(sample.misclassified), False, "layer3", 0.5)) == \
         len(sample.misclassified)
@@ -250,7 +250,7 @@ def test_k_11_and_a_file_that_is_no_picture_are_refused_with_a_message(client, p
 
 def test_the_misclassified_gallery_through_the_api(client, parts):
     shown = client.predict(12, True, "layer3", 0.5, api_name="/misclassified")
-    assert len(shown) == 12 and all(item["caption"].startswith("true: ") for item in shown)
+    assert len(shown) == 12 and all(" → " in item["caption"] for item in shown)
     assert Image.open(shown[0]["image"]).size == (THUMB, THUMB)
 
 
@@ -296,7 +296,7 @@ def importlib_missing(name: str) -> bool:
     return importlib.util.find_spec(name) is None
 
 
-def test_in_a_browser_upload_classify_and_browse_the_misclassified_images(browser_page, served, parts, example, tmp_path):
+def test_in_a_browser_upload_classify_and_browse_the_misclassified_images(browser_page, served, photo, tmp_path):
     """Upload, classify, wait until the label and the Grad-CAM picture have loaded; open the
     misclassified tab, wait until every picture has loaded; screenshots (ERA_APP_SCREENSHOT: where to
     save the first too, e.g. images/app.png). Requests that would leave 127.0.0.1 are blocked and fail it."""
@@ -311,7 +311,7 @@ def test_in_a_browser_upload_classify_and_browse_the_misclassified_images(browse
 
     page.route("**/*", only_local)
     page.goto(url)
-    page.locator("#upload input[type=file]").set_input_files(str(example))
+    page.locator("#upload input[type=file]").set_input_files(str(photo))
     page.locator("#upload img").first.wait_for()
     page.locator("#classify").click()
     page.locator("#top-classes").get_by_text("cat").first.wait_for(timeout=60_000)
@@ -325,7 +325,7 @@ def test_in_a_browser_upload_classify_and_browse_the_misclassified_images(browse
     page.get_by_role("tab", name="Misclassified test images").click()
     page.wait_for_function("""() => { const imgs = [...document.querySelectorAll('#misclassified img')];
         return imgs.length >= 20 && imgs.every(img => img.complete && img.naturalWidth > 0); }""", timeout=60_000)
-    assert "true: " in page.locator("#misclassified").inner_text()
+    assert " → " in page.locator("#misclassified").inner_text()
     page.screenshot(path=str(tmp_path / "misclassified.png"), full_page=True)
     page.get_by_role("tab", name="About the network").click()
     assert "Test accuracy at epoch 24" in page.locator("#about").inner_text()
@@ -400,3 +400,20 @@ def test_app_latency_writes_a_record_the_readme_section_is_made_from(tmp_path, c
     assert update_readme([output], readme) == ["app-latency"]
     text = readme.read_text()
     assert f"median **{record['app_latency']['example']['median_s']:.3f} s**" in text and "old" not in text
+
+
+def test_the_notebooks_last_cell_starts_the_app_only_when_asked_and_the_function_it_calls_serves(capsys):
+    import json
+
+    from helpers import ROOT
+
+    from modular.app import launch_in_notebook
+
+    cells = json.loads((ROOT / "era_s10_cifar.ipynb").read_text())["cells"]
+    last = "".join(cells[-1]["source"])
+    assert last.startswith("START_APP = False") and "if START_APP and not QUICK:" in last and not cells[-1]["outputs"]
+    demo = launch_in_notebook()
+    try:
+        assert demo.local_url.startswith("http://127.0.0.1:") and demo.share_url is None
+    finally:
+        demo.close()
