@@ -228,7 +228,7 @@ def cmd_lr_find(args, cfg: Config) -> int:
 
 def cmd_evaluate(args) -> int:
     from modular.evaluate import full_evaluation
-    from modular.inference import load_for_evaluation
+    from modular.trained.inference import load_for_evaluation
 
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, args.device)
     if args.record:
@@ -241,7 +241,7 @@ def cmd_evaluate(args) -> int:
     for name, acc in result["per_class_acc"].items():
         print(f"  {name:<12}{acc:6.2f}%")
     if args.record:
-        from modular.weights import record_evaluation
+        from modular.trained.weights import record_evaluation
 
         record_evaluation(args.record, args.weights, result, loaded.prepared.data.source)
         print(f"noted in {args.record}")
@@ -249,8 +249,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from modular.predict import ImageError, predict_files
-    from modular.weights import SHIPPED, load_weights
+    from modular.trained.predict import ImageError, predict_files
+    from modular.trained.weights import SHIPPED, load_weights
 
     failed = 0
     for outcome in predict_files(load_weights(args.weights or SHIPPED), args.images):
@@ -263,8 +263,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_gradcam(args) -> int:
-    from modular.inference import gradcam_figure, load_for_evaluation
     from modular.plots import save_figure
+    from modular.trained.inference import gradcam_figure, load_for_evaluation
 
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, device="cpu")
     record = check_record_test_set(args.record, loaded.prepared.data) if args.record else None
@@ -297,8 +297,8 @@ def cmd_test_set(args) -> int:
 
 
 def cmd_app_samples(args) -> int:
-    from modular.samples import make_sample
-    from modular.weights import SHIPPED
+    from modular.trained.samples import make_sample
+    from modular.trained.weights import SHIPPED
 
     sample = make_sample(args.data_dir, args.record, args.weights or SHIPPED, args.output, args.misclassified, args.force)
     print(f"{sample.folder}: {len(sample.examples)} examples and {len(sample.misclassified)} misclassified images "
@@ -307,16 +307,16 @@ def cmd_app_samples(args) -> int:
 
 
 def cmd_app(args) -> int:
-    from modular.app import RECORDS, serve
-    from modular.samples import FOLDER
-    from modular.weights import SHIPPED
+    from modular.trained.app import RECORDS, serve
+    from modular.trained.samples import FOLDER
+    from modular.trained.weights import SHIPPED
 
     serve(args.weights or SHIPPED, args.records or RECORDS, args.samples or FOLDER, args.host, args.port)
     return 0
 
 
 def cmd_app_latency(args) -> int:
-    from modular.latency import describe, measure
+    from modular.trained.latency import describe, measure
 
     record = measure(args.calls)
     Path(args.output).write_text(json.dumps(record, indent=1))
@@ -329,7 +329,7 @@ def cmd_app_latency(args) -> int:
 
 def cmd_export_weights(args) -> int:
     from modular.config import CIFAR10_CLASSES
-    from modular.weights import export_weights, record_export
+    from modular.trained.weights import export_weights, record_export
 
     classes = json.loads(Path(args.record).read_text())["classes"] if args.record else list(CIFAR10_CLASSES)
     exported = export_weights(args.checkpoint, args.output, classes)
@@ -364,17 +364,17 @@ def cmd_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from modular.app import AppSetupError
     from modular.checkpoint import CheckpointError
     from modular.data import DataError
     from modular.lr_finder import LRFinderError
     from modular.pipeline import OutputDirError
-    from modular.predict import ImageError
     from modular.report import ReportError
-    from modular.samples import SampleError
     from modular.testset import TestSetError
     from modular.train import DivergenceError
-    from modular.weights import WeightsError
+    from modular.trained.app import AppSetupError
+    from modular.trained.predict import ImageError
+    from modular.trained.samples import SampleError
+    from modular.trained.weights import WeightsError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()

@@ -17,7 +17,7 @@ from modular.device import fp32_cpu_copy
 from modular.prepare import Prepared
 from modular.record import RunFacts
 from modular.train import TABLE_HEADER, FitResult, format_epoch
-from modular.weights import SHIPPED, load_weights
+from modular.trained.weights import SHIPPED, load_weights
 
 HEADLINE = Path(__file__).resolve().parents[1] / "results" / "headline.json"  # the run the shipped weights come from
 

@@ -112,7 +112,7 @@ def render_sections(paths: list[Path]) -> dict[str, tuple[str, str]]:
         for path in (p for p, r in records.items() if "history" not in r and "app_latency" not in r):
             sections["performance"] = (str(path), performance_table(records[path]))
         for path in (p for p, r in records.items() if "app_latency" in r):  # the app's response time
-            from modular.latency import describe
+            from modular.trained.latency import describe
 
             sections["app-latency"] = (str(path), describe(records[path]))
         if len(runs) == 1:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modular.app import (
+from modular.trained.app import (
     DISPLAY,
     PREDICTED,
     RECORDS,
@@ -32,9 +32,9 @@ from modular.app import (
     launch,
     misclassified,
 )
-from modular.gradcam import LAYERS
-from modular.predict import predict_files
-from modular.weights import load_weights
+from modular.trained.gradcam import LAYERS
+from modular.trained.predict import predict_files
+from modular.trained.weights import load_weights
 
 gradio = pytest.importorskip("gradio")  # the app's own requirement (requirements-app.txt); CI installs it
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -390,7 +390,7 @@ def test_app_latency_writes_a_record_the_readme_section_is_made_from(tmp_path, c
         assert timing["calls"] == 2 and len(timing["seconds"]) == 2 and timing["first_s"] > 0
         assert timing["min_s"] <= timing["median_s"] <= timing["max_s"]
     assert record["app_latency"]["photo"]["picture"].startswith("4032x3024 JPEG")
-    from modular.latency import summarise
+    from modular.trained.latency import summarise
 
     summary = summarise([9.0, 0.3, 0.1, 0.2, 0.4])   # the first call warms up: not counted
     assert (summary["first_s"], summary["calls"], summary["median_s"], summary["max_s"]) == (9.0, 4, 0.25, 0.4)
@@ -407,7 +407,7 @@ def test_the_notebooks_last_cell_starts_the_app_only_when_asked_and_the_function
 
     from helpers import ROOT
 
-    from modular.app import launch_in_notebook
+    from modular.trained.app import launch_in_notebook
 
     cells = json.loads((ROOT / "era_s10_cifar.ipynb").read_text())["cells"]
     last = "".join(cells[-1]["source"])

@@ -10,7 +10,7 @@ import torch
 
 from custom_resnet import CustomResNet
 from modular import galleries
-from modular.gradcam import gradcam_maps, target_layer
+from modular.trained.gradcam import gradcam_maps, target_layer
 
 QUADRANTS = [(slice(0, 16), slice(0, 16)), (slice(0, 16), slice(16, 32)),
              (slice(16, 32), slice(0, 16)), (slice(16, 32), slice(16, 32))]

@@ -12,9 +12,9 @@ from helpers import ROOT, shared_run
 
 from modular import notebook, pipeline
 from modular.config import Config
-from modular.inference import gradcam_figure
 from modular.prepare import new_model, prepare
-from modular.weights import export_weights, load_weights
+from modular.trained.inference import gradcam_figure
+from modular.trained.weights import export_weights, load_weights
 
 NOTEBOOK = ROOT / "era_s10_cifar.ipynb"
 LOCAL_PATH = re.compile(r"(?<![\w.~])(/(?:home|root|tmp|work|Users|opt|usr|var|mnt|content)/|[A-Za-z]:\\\\)")

@@ -19,10 +19,10 @@ from custom_resnet import CustomResNet
 from modular.checkpoint import save_atomic
 from modular.config import Config
 from modular.data import load_cifar10, synthetic_cifar10, write_image_tree
-from modular.inference import gradcam_figure
 from modular.prepare import prepare
 from modular.testset import TestSetError, TestSetIdentity, check_test_set, stamp_record
-from modular.weights import FORMAT, sha256
+from modular.trained.inference import gradcam_figure
+from modular.trained.weights import FORMAT, sha256
 
 WRONG = [3, 14, 25]  # test indices the record says were misclassified: one image each of classes 1, 4, 8
 

@@ -15,9 +15,9 @@ from PIL import Image
 from custom_resnet import CustomResNet
 from modular.checkpoint import load_checkpoint, save_atomic
 from modular.config import CIFAR10_CLASSES
-from modular.predict import predict_files
+from modular.trained.predict import predict_files
+from modular.trained.weights import FORMAT, WeightsError, export_weights, load_weights, sha256
 from modular.transforms import test_transforms as make_test_transforms
-from modular.weights import FORMAT, WeightsError, export_weights, load_weights, sha256
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from modular.app import PREDICTED, RESULTS, assemble, build_app, free_port, launch
+from modular.trained.app import PREDICTED, RESULTS, assemble, build_app, free_port, launch
 
 OUTPUT = RESULTS / "app-latency.json"
 PHOTO = (4032, 3024)  # a 12-megapixel phone photo
@@ -45,7 +45,7 @@ def measure(calls: int = 50) -> dict:
 
     from modular.device import hardware_name, versions
     from modular.provenance import code_version
-    from modular.weights import sha256
+    from modular.trained.weights import sha256
 
     load_before = os.getloadavg()
     parts = assemble()

@@ -15,7 +15,7 @@ from custom_resnet import CustomResNet
 from modular.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_atomic
 
 FORMAT = "era-s10-weights/1"
-SHIPPED = Path(__file__).resolve().parents[1] / "results" / "custom_resnet_cifar10.pt"
+SHIPPED = Path(__file__).resolve().parents[2] / "results" / "custom_resnet_cifar10.pt"
 
 
 class WeightsError(RuntimeError):

@@ -18,7 +18,7 @@ from modular.data import CifarData
 from modular.testset import TestSetIdentity
 
 FORMAT = "era-s10-app-samples/1"
-FOLDER = Path(__file__).resolve().parents[1] / "results" / "app-samples"
+FOLDER = Path(__file__).resolve().parents[2] / "results" / "app-samples"
 MANIFEST = "manifest.json"
 MOST = 200  # images in all: the sample is committed, and 200 PNGs of 32x32 are about 0.5 MB
 
@@ -103,9 +103,9 @@ def make_sample(data_dir: str, record_path: str | os.PathLike, weights: str | os
     """Predict the test set of ``data_dir`` with ``weights`` as ``evaluate`` does, check it is the
     record's test set, and write the sample into ``folder`` (an existing sample only if ``replace``)."""
     from modular.evaluate import predict
-    from modular.inference import load_for_evaluation
     from modular.testset import check_test_set
-    from modular.weights import sha256
+    from modular.trained.inference import load_for_evaluation
+    from modular.trained.weights import sha256
 
     if (Path(folder) / MANIFEST).exists() and not replace:
         raise SampleError(f"{folder} already holds a sample; pass --force to replace it")

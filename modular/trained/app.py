@@ -1,8 +1,8 @@
 """The trained network in the browser: ``python -m modular app`` (Gradio 6).
 
-Upload a picture (read by modular/images.py) or pick one of ten test images, see the top-k classes,
+Upload a picture (read by modular/trained/images.py) or pick one of ten test images, see the top-k classes,
 Grad-CAM for a layer and a class with an opacity, browse misclassified test images (the committed
-sample, modular/samples.py), and read what the network is from the committed run records. The
+sample, modular/trained/samples.py), and read what the network is from the committed run records. The
 handlers are plain functions (tested without a server); ``build_app`` binds them to Gradio. Offline:
 no analytics (modular/__init__.py), no share link, the default theme's bundled fonts; 127.0.0.1 unless
 told otherwise.
@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modular.gradcam import LAYERS, gradcam_maps
-from modular.images import ImageError, UserImage, read_image
-from modular.samples import FOLDER, Sample, check_sample, load_sample
+from modular.trained.gradcam import LAYERS, gradcam_maps
+from modular.trained.images import ImageError, UserImage, read_image
+from modular.trained.samples import FOLDER, Sample, check_sample, load_sample
+from modular.trained.weights import SHIPPED, TrainedModel, load_weights, sha256
 from modular.transforms import test_transforms
-from modular.weights import SHIPPED, TrainedModel, load_weights, sha256
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 RECORDS = (RESULTS / "headline.json", RESULTS / "official-seed1.json", RESULTS / "official-seed2.json")
 DISPLAY = 256             # side of the picture with its Grad-CAM map: 8 screen pixels per input pixel
 THUMB = 128               # side of a misclassified image in the gallery
@@ -313,7 +313,7 @@ def launch_in_notebook(weights: str | os.PathLike = SHIPPED):
     import sys
 
     if "google.colab" in sys.modules and importlib.util.find_spec("gradio") is None:
-        requirements = Path(__file__).resolve().parents[1] / "requirements-app.txt"
+        requirements = Path(__file__).resolve().parents[2] / "requirements-app.txt"
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(requirements)], check=True)
     parts = assemble(weights)
     demo = build_app(parts)
