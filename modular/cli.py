@@ -1,4 +1,5 @@
-"""Command line: ``python -m modular {train,lr-find,evaluate,predict,gradcam,export-weights,stats,bench,report}``.
+"""Command line: ``python -m modular {train,lr-find,evaluate,predict,gradcam,export-weights,stats,bench,report,
+app,app-samples,app-latency,test-set}``.
 
 Flags follow torchvision's reference scripts. Known failures end in one line on stderr:
 exit 2 for bad arguments or configuration, 1 for data, checkpoint or training problems,
@@ -128,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--record", help="with --weights: note the result in the run record the weights were "
                           "exported from, e.g. results/headline.json (default: noted nowhere)")
 
-    predict = commands.add_parser("predict", help="top-3 classes of image files (any size, resized to 32x32)")
+    predict = commands.add_parser("predict", help="top-3 classes of image files (any size: turned upright per EXIF, "
+                                  "centre-cropped to a square, resized to 32x32)")
     predict.add_argument("images", nargs="+", help="image files Pillow reads (PNG, JPEG, ...)")
     model = predict.add_mutually_exclusive_group()
     model.add_argument("--weights", help="a weights file (default: results/custom_resnet_cifar10.pt, the shipped weights)")
@@ -148,6 +150,36 @@ def build_parser() -> argparse.ArgumentParser:
                         f"here (default: {Path(SHIPPED_WEIGHTS).name} in the checkpoint's folder)")
     export.add_argument("--record", help="the run's own record (its run.json) to note the file's sha256 in; refused "
                         "for a checkpoint of another run (default: noted nowhere)")
+
+    test_set = commands.add_parser("test-set", help="the test set's identity (a hash of its images and labels in "
+                                   "order); with run records: check them against it and add it to them")
+    test_set.add_argument("records", nargs="*", help="run records made on this test set (results/headline.json)")
+    test_set.add_argument("--data-dir")
+
+    samples = commands.add_parser("app-samples", help="the app's committed sample: one example per class and "
+                                  "misclassified images from the test set a run record names (at most 200 in all)")
+    samples.add_argument("--data-dir", required=True, help="the test set the record ran on (the official image tree)")
+    samples.add_argument("--record", default="results/headline.json", help="the run record of the weights")
+    samples.add_argument("--weights", help="default: results/custom_resnet_cifar10.pt, the shipped weights")
+    samples.add_argument("--output", default="results/app-samples")
+    samples.add_argument("--misclassified", type=_positive_int, default=190, help="misclassified images to keep")
+    samples.add_argument("--force", action="store_true", help="replace an existing sample")
+
+    app = commands.add_parser("app", help="the trained network in the browser (Gradio): top-k classes of a picture, "
+                              "Grad-CAM, misclassified test images; offline, no training")
+    app.add_argument("--weights", help="default: results/custom_resnet_cifar10.pt, the shipped weights")
+    app.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default): this computer only; 0.0.0.0: every "
+                     "network interface")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--records", nargs="+", help="run records, the weights' own first, then the other seeds' "
+                     "(default: results/headline.json results/official-seed1.json results/official-seed2.json)")
+    app.add_argument("--samples", help="the sample folder (default: results/app-samples)")
+
+    latency = commands.add_parser("app-latency", help="the app's response time with Grad-CAM through gradio_client "
+                                  "(run it on an otherwise idle machine)")
+    latency.add_argument("--calls", type=_positive_int, default=50, help="timed calls per picture, after one untimed")
+    latency.add_argument("--output", help="the record to write; the README's figure reads results/app-latency.json, "
+                         "written only when named here (default: runs/app-latency.json)")
 
     stats = commands.add_parser("stats", help="image counts, class counts, channel mean and std")
     stats.add_argument("--data-dir", help="as for train (default: download with torchvision into ./data)")
@@ -247,12 +279,14 @@ def cmd_lr_find(args, cfg: Config) -> int:
 
 def cmd_evaluate(args) -> int:
     from modular.evaluate import full_evaluation
-    from modular.inference import load_for_evaluation
+    from modular.trained.inference import load_for_evaluation
 
     if args.record and not args.weights:
         args.command_parser.error("--record goes with --weights: it notes what a run's exported weights file reaches "
                                   "in that run's record; a checkpoint's own evaluation is in its run's run.json")
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, args.device)
+    if args.record:
+        check_record_test_set(args.record, loaded.prepared.data)
     data = loaded.prepared.data
     print(f"{loaded.description}\ndata: {data.source}: {len(data.test_labels):,} test images; "
           f"device: {loaded.prepared.runtime.describe()}", flush=True)
@@ -263,7 +297,7 @@ def cmd_evaluate(args) -> int:
     for name, acc in result["per_class_acc"].items():
         print(f"  {name:<12}{acc:6.2f}%")
     if args.record:
-        from modular.weights import record_evaluation
+        from modular.trained.weights import record_evaluation
 
         record_evaluation(args.record, args.weights, result, loaded.prepared.data.source)
         print(f"noted in {args.record}")
@@ -271,8 +305,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from modular.predict import ImageError, predict_files
-    from modular.weights import SHIPPED, load_checkpoint_model, load_weights
+    from modular.trained.predict import ImageError, predict_files
+    from modular.trained.weights import SHIPPED, load_checkpoint_model, load_weights
 
     trained = load_checkpoint_model(args.checkpoint) if args.checkpoint else load_weights(args.weights or SHIPPED)
     failed = 0
@@ -286,20 +320,77 @@ def cmd_predict(args) -> int:
 
 
 def cmd_gradcam(args) -> int:
-    from modular.inference import gradcam_figure, load_for_evaluation
     from modular.plots import save_figure
+    from modular.trained.inference import gradcam_figure, load_for_evaluation
 
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, device="cpu")
-    record = json.loads(Path(args.record).read_text()) if args.record else None
+    record = check_record_test_set(args.record, loaded.prepared.data) if args.record else None
     output = default_output(args.output, args.checkpoint, args.weights, GRADCAM_PNG)
     path = save_figure(gradcam_figure(loaded.model, loaded.prepared, record), output)
     print(f"Grad-CAM figure: {path}")
     return 0
 
 
+def check_record_test_set(record_path: str, data) -> dict:
+    """The run record at ``record_path``, refused (TestSetError) unless ``data`` holds its test set."""
+    from modular.testset import check_test_set
+
+    record = json.loads(Path(record_path).read_text())
+    note = check_test_set(record, record_path, data)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return record
+
+
+def cmd_test_set(args) -> int:
+    from modular.data import load_cifar10
+    from modular.testset import TestSetIdentity, stamp_record
+
+    data = load_cifar10(args.data_dir)
+    print(f"test set of {data.source}: {TestSetIdentity.of(data).to_dict()}")
+    for record in args.records:
+        stamp_record(record, data)
+        print(f"{record}: checked (image count, labels at its misclassified indices, images per class) and noted")
+    return 0
+
+
+def cmd_app_samples(args) -> int:
+    from modular.trained.samples import make_sample
+    from modular.trained.weights import SHIPPED
+
+    sample = make_sample(args.data_dir, args.record, args.weights or SHIPPED, args.output, args.misclassified, args.force)
+    print(f"{sample.folder}: {len(sample.examples)} examples and {len(sample.misclassified)} misclassified images "
+          f"of {sample.test_set}")
+    return 0
+
+
+def cmd_app(args) -> int:
+    from modular.trained.app import RECORDS, serve
+    from modular.trained.samples import FOLDER
+    from modular.trained.weights import SHIPPED
+
+    serve(args.weights or SHIPPED, args.records or RECORDS, args.samples or FOLDER, args.host, args.port)
+    return 0
+
+
+def cmd_app_latency(args) -> int:
+    from modular.jsonio import write_record
+    from modular.trained.latency import describe, measure
+
+    record = measure(args.calls)
+    output = Path(args.output or "runs/app-latency.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_record(output, record)
+    print(f"{describe(record)}\nrecord: {output}")
+    if record["load_average_before"][0] > 0.5 or record["load_average_after"][0] > 1.5:
+        print("note: other work was running (see the load averages): measure again on an idle machine",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_export_weights(args) -> int:
     from modular.config import CIFAR10_CLASSES
-    from modular.weights import export_weights, record_export
+    from modular.trained.weights import export_weights, record_export
 
     classes = json.loads(Path(args.record).read_text())["classes"] if args.record else list(CIFAR10_CLASSES)
     output = default_output(args.output, args.checkpoint, None, Path(SHIPPED_WEIGHTS).name)
@@ -346,10 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     from modular.data import DataError
     from modular.lr_finder import LRFinderError
     from modular.pipeline import OutputDirError
-    from modular.predict import ImageError
     from modular.report import ReportError
+    from modular.testset import TestSetError
     from modular.train import DivergenceError
-    from modular.weights import WeightsError
+    from modular.trained.app import AppSetupError
+    from modular.trained.predict import ImageError
+    from modular.trained.samples import SampleError
+    from modular.trained.weights import WeightsError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     with contextlib.suppress(AttributeError, ValueError):  # a log file sees each line when it is printed
@@ -361,12 +455,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_from_args(args)
             return cmd_train(args, cfg, argv) if args.command == "train" else cmd_lr_find(args, cfg)
         commands = {"evaluate": cmd_evaluate, "predict": cmd_predict, "gradcam": cmd_gradcam,
-                    "export-weights": cmd_export_weights, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report}
+                    "export-weights": cmd_export_weights, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report,
+                    "test-set": cmd_test_set, "app-samples": cmd_app_samples, "app": cmd_app,
+                    "app-latency": cmd_app_latency}
         return commands[args.command](args)
     except ConfigError as error:
         args.command_parser.error(str(error))  # exit 2, like any other bad argument
     except (DataError, CheckpointError, OutputDirError, LRFinderError, DivergenceError, ReportError, WeightsError,
-            ImageError) as error:
+            ImageError, TestSetError, SampleError, AppSetupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except FileNotFoundError as error:

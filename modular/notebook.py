@@ -19,7 +19,7 @@ from modular.prepare import Prepared
 from modular.prepare import load_data as load_data_as_configured
 from modular.record import RunFacts
 from modular.train import TABLE_HEADER, FitResult, format_epoch
-from modular.weights import SHIPPED, load_weights
+from modular.trained.weights import SHIPPED, load_weights
 
 HEADLINE = Path(__file__).resolve().parents[1] / "results" / "headline.json"  # the run the shipped weights come from
 DATA_SETTING = "CIFAR10_DIR"  # what names the data in the notebook (the command line's --data-dir)

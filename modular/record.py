@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from modular.device import Runtime, hardware_name, versions
 from modular.prepare import Prepared
 from modular.provenance import code_version
+from modular.testset import TestSetIdentity
 
 if TYPE_CHECKING:  # annotation only: the record needs no range-test code at run time
     from modular.lr_finder import LRFindResult
@@ -66,6 +67,7 @@ def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_pe
         "data_source": data.source,
         "train_images": int(len(data.train_labels)),
         "test_images": int(len(data.test_labels)),
+        "test_set": TestSetIdentity.of(data).to_dict(),  # what the misclassified indices point into
         "classes": list(data.classes),
         **facts.to_dict(),
         "steps_per_epoch": len(prepared.train_loader),

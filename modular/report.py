@@ -168,7 +168,7 @@ def performance_table(bench: dict) -> str:
 def load_record(path: Path) -> dict:
     try:
         record = json.loads(Path(path).read_text())
-        if not isinstance(record, dict) or not ({"history", "train_images_per_s"} & set(record)):
+        if not isinstance(record, dict) or not ({"history", "train_images_per_s", "app_latency"} & set(record)):
             raise ValueError("neither a run record nor a benchmark record")
     except (OSError, ValueError) as error:
         raise ReportError(f"{path} is not a run or benchmark record of this project ({error})") from None
@@ -198,8 +198,12 @@ def render_sections(paths: list[Path], ablations: list[Path] = ()) -> dict[str, 
             source = " ".join(map(str, runs)) + "".join(f" --ablation {p}" for p in variants)
             sections["ablations"] = (source, ablations_table([records[p] for p in runs], [str(p) for p in runs],
                                                              list(variants.values()), [str(p) for p in variants]))
-        for path in (p for p, r in records.items() if "history" not in r):
+        for path in (p for p, r in records.items() if "history" not in r and "app_latency" not in r):
             sections["performance"] = (str(path), performance_table(records[path]))
+        for path in (p for p, r in records.items() if "app_latency" in r):  # the app's response time
+            from modular.trained.latency import describe
+
+            sections["app-latency"] = (str(path), describe(records[path]))
         if len(runs) == 1:
             sections["results"] = (str(runs[0]), results_table(records[runs[0]]))
         elif runs:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from helpers import NO_NETWORK, cli_main, shared_run, small_tree
 
-from modular import notebook, pipeline, weights
+from modular import notebook, pipeline
 from modular.config import Config
 from modular.data import DataError
+from modular.trained import weights
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +46,14 @@ def test_predict_with_a_checkpoint_as_weights_points_at_checkpoint_which_works(r
     assert "use --checkpoint" in err
     code, out, err = cli_main(["predict", image, "--checkpoint", run.checkpoint], capsys)
     assert code == 0, err
-    from modular.predict import predict_files
+    from modular.trained.predict import predict_files
 
     (expected,) = predict_files(weights.load_checkpoint_model(run.checkpoint), [image])
     assert out == f"{expected}\n"
 
 
 def test_predict_checkpoint_gives_the_checkpoints_own_model(run, image, weights_file):
-    from modular.predict import predict_files
+    from modular.trained.predict import predict_files
 
     (from_checkpoint,) = predict_files(weights.load_checkpoint_model(run.checkpoint), [image])
     (from_weights,) = predict_files(weights.load_weights(weights_file), [image])  # fp16 of the same model

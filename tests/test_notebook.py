@@ -14,9 +14,9 @@ from helpers import ROOT, shared_run
 from modular import notebook
 from modular.config import CIFAR10_CLASSES, Config
 from modular.figures import run_figures
-from modular.inference import gradcam_figure
 from modular.prepare import new_model, prepare
-from modular.weights import export_weights, load_weights
+from modular.trained.inference import gradcam_figure
+from modular.trained.weights import export_weights, load_weights
 
 NOTEBOOK = ROOT / "era_s10_cifar.ipynb"
 

@@ -17,7 +17,7 @@ from modular.config import CIFAR10_CLASSES, SHIPPED_WEIGHTS, Config
 from modular.jsonio import write_record
 
 FORMAT = WEIGHTS_FORMAT
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / SHIPPED_WEIGHTS
 
 
