@@ -1,4 +1,4 @@
-"""Command line: ``python -m modular {train,lr-find,evaluate,predict,gradcam,export-weights,stats,bench,report}``.
+"""Command line: ``python -m modular {train,lr-find,evaluate,predict,gradcam,export-weights,stats,bench,report,lr-seeds}``.
 
 Flags follow torchvision's reference scripts. Known failures end in one line on stderr:
 exit 2 for bad arguments or configuration, 1 for data, checkpoint or training problems,
@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "several of one configuration (one per seed: the Seeds table), benchmark records "
                         "(results/bench-cpu.json: the Performance table)")
     report.add_argument("--readme", default="README.md")
+
+    seeds = commands.add_parser("lr-seeds", help="several seeds' LR range tests: each one's picks, their spread, one figure")
+    seeds.add_argument("records", nargs="+", help="lr_find.json files (lr-find --seed N) and/or run records whose range "
+                       "test is under lr_find (results/headline.json), of one configuration")
+    seeds.add_argument("--output", default="results/lr-find-seeds.json")
+    seeds.add_argument("--figure", default="images/lr_find_seeds.png")
     for sub in commands.choices.values():  # configuration errors print the subcommand's usage
         sub.set_defaults(command_parser=sub)
     return parser
@@ -277,10 +283,25 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_lr_seeds(args) -> int:
+    from modular import plots
+    from modular.jsonio import write_record
+    from modular.lr_seeds import format_seeds, gather
+
+    gathered = gather(args.records)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    write_record(args.output, gathered)
+    figure = plots.save_figure(plots.plot_lr_seeds(gathered["seeds"], gathered["spread"], gathered["rule"] or ""),
+                               args.figure)
+    print(f"{format_seeds(gathered)}\nrecord: {args.output}; figure: {figure}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from modular.checkpoint import CheckpointError
     from modular.data import DataError
     from modular.lr_finder import LRFinderError
+    from modular.lr_seeds import LRSeedsError
     from modular.pipeline import OutputDirError
     from modular.predict import ImageError
     from modular.report import ReportError
@@ -295,12 +316,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_from_args(args)
             return cmd_train(args, cfg, argv) if args.command == "train" else cmd_lr_find(args, cfg)
         commands = {"evaluate": cmd_evaluate, "predict": cmd_predict, "gradcam": cmd_gradcam,
-                    "export-weights": cmd_export_weights, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report}
+                    "export-weights": cmd_export_weights, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report,
+                    "lr-seeds": cmd_lr_seeds}
         return commands[args.command](args)
     except ConfigError as error:
         args.command_parser.error(str(error))  # exit 2, like any other bad argument
     except (DataError, CheckpointError, OutputDirError, LRFinderError, DivergenceError, ReportError, WeightsError,
-            ImageError) as error:
+            ImageError, LRSeedsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except FileNotFoundError as error:
