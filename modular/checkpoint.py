@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 FORMAT = "era-s10-checkpoint/1"
+WEIGHTS_FORMAT = "era-s10-weights/1"  # modular/weights.py's file: told apart here so the error can say so
 REQUIRED = ("format", "model", "optimizer", "scheduler", "epoch", "history", "config")
 # what continuing a run reads besides: the RNG, the LR trace and the run's decisions (mean, std, LRMAX)
 RESUME_REQUIRED = (*REQUIRED, "rng", "lr_per_step", "lr_max", "lr_min", "mean", "std")
@@ -118,6 +119,9 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = REQUIRE
     except Exception as error:  # truncated zip, bad pickle, wrong file type...
         reason = str(error).split(". ")[0].splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"cannot read checkpoint {path} ({reason}); delete it to start over") from None
+    if isinstance(state, dict) and state.get("format") == WEIGHTS_FORMAT:
+        raise CheckpointError(f"{path} is a weights file, not a training checkpoint: evaluate, predict and gradcam "
+                              "take it with --weights")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project; delete it or choose another --output-dir")
     missing = [k for k in required if k not in state]

@@ -1,4 +1,5 @@
-"""Command line: ``python -m modular {train,lr-find,evaluate,predict,gradcam,export-weights,stats,bench,report,lr-seeds}``.
+"""Command line: ``python -m modular {train,lr-find,evaluate,predict,gradcam,export-weights,stats,bench,report,
+app,app-samples,app-latency,test-set,lr-seeds}``.
 
 Flags follow torchvision's reference scripts. Known failures end in one line on stderr:
 exit 2 for bad arguments or configuration, 1 for data, checkpoint or training problems,
@@ -15,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from modular.config import DEFAULT_WORKERS, DEVICES, LR_RULES, OPTIMIZERS, PRECISIONS, Config, ConfigError
+from modular.config import DEFAULT_WORKERS, DEVICES, LR_RULES, OPTIMIZERS, PRECISIONS, SHIPPED_WEIGHTS, Config, ConfigError
 
 
 def _positive_int(text: str) -> int:
@@ -32,38 +33,73 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help: argparse's value appended, except where the help already says
+    "(default: ...)" in words (an option whose default is None, i.e. decided at run time) and for switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default:" in text or action.default is None or isinstance(action.default, bool):
+            return text
+        return super()._get_help_string(action)
+
+
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="local CIFAR-10: a folder with cifar-10-batches-py/ or cifar-10-python.tar.gz, "
                    "an image tree train/<class>/*, test/<class>/*, or a .tar.gz of one (default: download "
                    "with torchvision into ./data)")
-    p.add_argument("--subset", type=_positive_int, help="train on a class-balanced sample of N images (quick runs)")
-    p.add_argument("--seed", type=int, default=Config.seed)
+    p.add_argument("--subset", type=_positive_int, help="train on a class-balanced sample of N images. The LR range "
+                   "test does not shrink with it (--lr-find-iters batches of --batch-size, "
+                   f"{Config.lr_find_iters * Config.batch_size:,} images by default, most of a small run's time): add "
+                   "--max-lr to skip it (default: all training images)")
+    p.add_argument("--seed", type=int, default=Config.seed, help="seeds the model's initial weights, the sampling "
+                   "order and the augmentations")
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=_positive_int, default=Config.batch_size)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=Config.optimizer)
+    p.add_argument("--batch-size", type=_positive_int, default=Config.batch_size, help="images per step")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=Config.optimizer,
+                   help="sgd: Nesterov momentum (Page's recipe); adam: the original submission's")
     p.add_argument("--label-smoothing", type=float, default=Config.label_smoothing,
-                   help="cross-entropy label smoothing, in [0, 1) (default: %(default)s)")
+                   help="cross-entropy label smoothing, in [0, 1)")
     p.add_argument("--logit-scale", type=float, default=Config.logit_scale,
-                   help="the model's logits are multiplied by this, > 0; 1 gives raw logits (default: %(default)s)")
+                   help="the model's logits are multiplied by this, > 0; 1 gives raw logits")
     p.add_argument("--lr-rule", choices=LR_RULES, default=Config.lr_rule,
                    help="how LRMAX is read off the range test: 'minimum', the smoothed loss's minimum before "
-                   "divergence; 'steepest', torch-lr-finder's steepest-descent suggestion (the original's) "
-                   "(default: %(default)s)")
-    p.add_argument("--device", choices=DEVICES, default=Config.device)
+                   "divergence; 'steepest', torch-lr-finder's steepest-descent suggestion (the original's)")
+    p.add_argument("--device", choices=DEVICES, default=Config.device, help="auto: CUDA, then MPS, then the CPU")
     p.add_argument("--precision", choices=PRECISIONS, default=Config.precision,
                    help="auto: bf16/fp16 autocast where the hardware supports it; fp32: force fp32")
     p.add_argument("--workers", type=int, help=f"DataLoader workers (default: {DEFAULT_WORKERS})")
-    p.add_argument("--output-dir", default=Config.output_dir)
+    p.add_argument("--output-dir", default=Config.output_dir, help="the run's folder: checkpoint, record, plots")
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a training checkpoint (runs/.../checkpoint.pt)")
-    source.add_argument("--weights", help="a weights file (results/custom_resnet_cifar10.pt)")
-    p.add_argument("--data-dir", help="default: the data a checkpoint was trained on; for --weights, "
-                   "torchvision's download unless given")
+    source.add_argument("--weights", help="a weights file (results/custom_resnet_cifar10.pt, or one export-weights wrote)")
+    p.add_argument("--data-dir", help="CIFAR-10 to evaluate on, as for train (default: the data a checkpoint was "
+                   "trained on; for --weights, torchvision's download)")
+
+
+def _add_range_test_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lr-find-end", type=_positive_float, default=Config.lr_find_end,
+                   help=f"the range test's last LR (it starts at {Config.lr_find_start:g})")
+    p.add_argument("--lr-find-iters", type=int, default=Config.lr_find_iters,
+                   help="steps (batches) of the range test, at least 20")
+
+
+GRADCAM_PNG = "gradcam_misclassified.png"
+
+
+def default_output(explicit: str | None, checkpoint: str | None, weights: str | None, name: str) -> Path:
+    """Where a command writes ``name`` unless told: the run's own folder (the checkpoint's), or for a
+    weights file runs/<its name>/ (git-ignored); never results/, images/ or README.md."""
+    if explicit:
+        return Path(explicit)
+    if checkpoint:
+        return Path(checkpoint).parent / name
+    return Path("runs") / Path(weights).stem / name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,63 +109,110 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="LR range test, OneCycle training, evaluation, plots, run record")
     _add_data_flags(train)
     _add_run_flags(train)
-    train.add_argument("--epochs", type=int, default=Config.epochs)
+    train.add_argument("--epochs", type=int, default=Config.epochs, help="epochs of training")
     train.add_argument("--peak-epoch", type=int, help="epoch whose last step has the peak LR (default: 5/24 of the run)")
-    train.add_argument("--max-lr", type=float, help="OneCycle's peak LR; skips the LR range test")
-    train.add_argument("--lr-find-end", type=_positive_float, default=Config.lr_find_end)
-    train.add_argument("--lr-find-iters", type=int, default=Config.lr_find_iters)
-    train.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt")
+    train.add_argument("--max-lr", type=float, help="OneCycle's peak LR; skips the LR range test (default: found by "
+                       "the range test)")
+    _add_range_test_flags(train)
+    train.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt (if there is "
+                       "none, a new run starts, and says so)")
     train.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
 
     find = commands.add_parser("lr-find", help="the LR range test alone: plot and LRMAX/LRMIN")
     _add_data_flags(find)
     _add_run_flags(find)
-    find.add_argument("--lr-find-end", type=_positive_float, default=Config.lr_find_end)
-    find.add_argument("--lr-find-iters", type=int, default=Config.lr_find_iters)
+    _add_range_test_flags(find)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint or a weights file on the test set")
     _add_model_flags(evaluate)
-    evaluate.add_argument("--device", choices=DEVICES, default=Config.device)
-    evaluate.add_argument("--record", help="with --weights: note the result in this run record (results/headline.json)")
+    evaluate.add_argument("--device", choices=DEVICES, default=Config.device, help="auto: CUDA, then MPS, then the CPU")
+    evaluate.add_argument("--record", help="with --weights: note the result in the run record the weights were "
+                          "exported from, e.g. results/headline.json (default: noted nowhere)")
 
-    predict = commands.add_parser("predict", help="top-3 classes of image files (any size, resized to 32x32)")
+    predict = commands.add_parser("predict", help="top-3 classes of image files (any size: turned upright per EXIF, "
+                                  "centre-cropped to a square, resized to 32x32)")
     predict.add_argument("images", nargs="+", help="image files Pillow reads (PNG, JPEG, ...)")
-    predict.add_argument("--weights", help="default: results/custom_resnet_cifar10.pt, the shipped weights")
+    model = predict.add_mutually_exclusive_group()
+    model.add_argument("--weights", help="a weights file (default: results/custom_resnet_cifar10.pt, the shipped weights)")
+    model.add_argument("--checkpoint", help="a training checkpoint of your own run, runs/.../checkpoint.pt (default: "
+                       "none; --weights' file is used)")
 
     gradcam = commands.add_parser("gradcam", help="Grad-CAM figure of misclassified test images")
     _add_model_flags(gradcam)
     gradcam.add_argument("--record", help="a run record (run.json): show its misclassified images, the ones of "
                          "its misclassified.png (default: those the model gets wrong now)")
-    gradcam.add_argument("--output", default="images/gradcam_misclassified.png")
+    gradcam.add_argument("--output", help=f"the PNG to write; images/ only when named here (default: {GRADCAM_PNG} in "
+                         "the checkpoint's folder; with --weights W, in runs/<W's name without .pt>/)")
 
     export = commands.add_parser("export-weights", help="fp16 weights file from a run's final checkpoint")
-    export.add_argument("--checkpoint", required=True)
-    export.add_argument("--output", default="results/custom_resnet_cifar10.pt")
-    export.add_argument("--record", help="the run's record (run.json) to note the file's sha256 in")
+    export.add_argument("--checkpoint", required=True, help="the run's checkpoint (<output-dir>/checkpoint.pt)")
+    export.add_argument("--output", help=f"the weights file to write; the shipped {SHIPPED_WEIGHTS} only when named "
+                        f"here (default: {Path(SHIPPED_WEIGHTS).name} in the checkpoint's folder)")
+    export.add_argument("--record", help="the run's own record (its run.json) to note the file's sha256 in; refused "
+                        "for a checkpoint of another run (default: noted nowhere)")
+
+    test_set = commands.add_parser("test-set", help="the test set's identity (a hash of its images and labels in "
+                                   "order); with run records: check them against it and add it to them")
+    test_set.add_argument("records", nargs="*", help="run records made on this test set (results/headline.json)")
+    test_set.add_argument("--data-dir")
+
+    samples = commands.add_parser("app-samples", help="the app's committed sample: one example per class and "
+                                  "misclassified images from the test set a run record names (at most 200 in all)")
+    samples.add_argument("--data-dir", required=True, help="the test set the record ran on (the official image tree)")
+    samples.add_argument("--record", default="results/headline.json", help="the run record of the weights")
+    samples.add_argument("--weights", help="default: results/custom_resnet_cifar10.pt, the shipped weights")
+    samples.add_argument("--output", default="results/app-samples")
+    samples.add_argument("--misclassified", type=_positive_int, default=190, help="misclassified images to keep")
+    samples.add_argument("--force", action="store_true", help="replace an existing sample")
+
+    app = commands.add_parser("app", help="the trained network in the browser (Gradio): top-k classes of a picture, "
+                              "Grad-CAM, misclassified test images; offline, no training")
+    app.add_argument("--weights", help="default: results/custom_resnet_cifar10.pt, the shipped weights")
+    app.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default): this computer only; 0.0.0.0: every "
+                     "network interface")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--records", nargs="+", help="run records, the weights' own first, then the other seeds' "
+                     "(default: results/headline.json results/official-seed1.json results/official-seed2.json)")
+    app.add_argument("--samples", help="the sample folder (default: results/app-samples)")
+
+    latency = commands.add_parser("app-latency", help="the app's response time with Grad-CAM through gradio_client "
+                                  "(run it on an otherwise idle machine)")
+    latency.add_argument("--calls", type=_positive_int, default=50, help="timed calls per picture, after one untimed")
+    latency.add_argument("--output", help="the record to write; the README's figure reads results/app-latency.json, "
+                         "written only when named here (default: runs/app-latency.json)")
 
     stats = commands.add_parser("stats", help="image counts, class counts, channel mean and std")
-    stats.add_argument("--data-dir")
+    stats.add_argument("--data-dir", help="as for train (default: download with torchvision into ./data)")
 
     bench = commands.add_parser("bench", help="side-by-side throughput benchmark")
-    bench.add_argument("--output-dir", default="results")
-    bench.add_argument("--batch-size", type=_positive_int, default=Config.batch_size)
-    bench.add_argument("--device", choices=DEVICES, default=Config.device)
-    bench.add_argument("--repeats", type=_positive_int, default=5)
+    bench.add_argument("--output-dir", default="runs/bench", help="where bench-<device>.json goes; the README's "
+                       "Performance table reads results/, so pass --output-dir results to replace its record")
+    bench.add_argument("--batch-size", type=_positive_int, default=Config.batch_size, help="images per step")
+    bench.add_argument("--device", choices=DEVICES, default=Config.device, help="auto: CUDA, then MPS, then the CPU")
+    bench.add_argument("--repeats", type=_positive_int, default=5, help="interleaved repeats; medians are reported")
     bench.add_argument("--compile", action="store_true", help="also measure torch.compile")
 
-    report = commands.add_parser("report", help="write README tables from run or benchmark records")
+    report = commands.add_parser("report", help="README tables from run or benchmark records")
     report.add_argument("records", nargs="+", help="one run record (results/headline.json: the Results table), "
                         "several of one configuration (one per seed: the Seeds table), benchmark records "
                         "(results/bench-cpu.json: the Performance table)")
-    report.add_argument("--readme", default="README.md")
+    report.add_argument("--ablation", action="append", default=[], metavar="RECORD",
+                        help="a variant's run record that changes one thing (optimizer, LR rule, label smoothing, "
+                        "logit scale): with the baseline seeds as RECORDS, writes the Ablations table "
+                        "(repeatable; default: none)")
+    report.add_argument("--readme", help="write the tables into this file's marked sections, e.g. README.md "
+                        "(default: print them, write nothing)")
 
     seeds = commands.add_parser("lr-seeds", help="several seeds' LR range tests: each one's picks, their spread, one figure")
     seeds.add_argument("records", nargs="+", help="lr_find.json files (lr-find --seed N) and/or run records whose range "
                        "test is under lr_find (results/headline.json), of one configuration")
-    seeds.add_argument("--output", default="results/lr-find-seeds.json")
-    seeds.add_argument("--figure", default="images/lr_find_seeds.png")
+    seeds.add_argument("--output", default="runs/lr-seeds/lr-find-seeds.json",
+                       help="the gathered record, e.g. results/lr-find-seeds.json")
+    seeds.add_argument("--figure", default="runs/lr-seeds/lr_find_seeds.png", help="the figure, e.g. images/lr_find_seeds.png")
+    parser.formatter_class = ShowDefaults
     for sub in commands.choices.values():  # configuration errors print the subcommand's usage
         sub.set_defaults(command_parser=sub)
+        sub.formatter_class = ShowDefaults
     return parser
 
 
@@ -182,14 +265,13 @@ def cmd_lr_find(args, cfg: Config) -> int:
 
     from modular import plots
     from modular.jsonio import write_record
-    from modular.pipeline import lr_range_test, prepare_output_dir
+    from modular.pipeline import describe_range_test, lr_range_test, prepare_output_dir
     from modular.prepare import new_model, prepare
     from modular.record import build_lr_find_record
 
     out = prepare_output_dir(cfg.output_dir)
     prepared = prepare(cfg)
-    print(f"data: {prepared.data.source}; device: {prepared.runtime.describe()}; LR range test: {cfg.lr_find_iters} "
-          f"steps from {cfg.lr_find_start:g} to {cfg.lr_find_end:g}", flush=True)
+    print(f"data: {prepared.data.source}; device: {prepared.runtime.describe()}; {describe_range_test(cfg)}", flush=True)
     started = time.perf_counter()
     found = lr_range_test(prepared, new_model(cfg))
     record = build_lr_find_record(prepared, found, time.perf_counter() - started)
@@ -204,18 +286,25 @@ def cmd_lr_find(args, cfg: Config) -> int:
 
 def cmd_evaluate(args) -> int:
     from modular.evaluate import full_evaluation
-    from modular.inference import load_for_evaluation
+    from modular.trained.inference import load_for_evaluation
 
+    if args.record and not args.weights:
+        args.command_parser.error("--record goes with --weights: it notes what a run's exported weights file reaches "
+                                  "in that run's record; a checkpoint's own evaluation is in its run's run.json")
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, args.device)
-    result = full_evaluation(loaded.model, loaded.prepared.test_loader, loaded.prepared.runtime, loaded.prepared.data.classes,
+    if args.record:
+        check_record_test_set(args.record, loaded.prepared.data)
+    data = loaded.prepared.data
+    print(f"{loaded.description}\ndata: {data.source}: {len(data.test_labels):,} test images; "
+          f"device: {loaded.prepared.runtime.describe()}", flush=True)
+    result = full_evaluation(loaded.model, loaded.prepared.test_loader, loaded.prepared.runtime, data.classes,
                              loaded.criterion)
-    print(loaded.description)
     print(f"test accuracy {result['test_acc']:.2f}%  loss {result['test_loss']:.4f}  cross-entropy {result['test_ce']:.4f}  "
           f"flip TTA {result['tta_test_acc']:.2f}%")
     for name, acc in result["per_class_acc"].items():
         print(f"  {name:<12}{acc:6.2f}%")
     if args.record:
-        from modular.weights import record_evaluation
+        from modular.trained.weights import record_evaluation
 
         record_evaluation(args.record, args.weights, result, loaded.prepared.data.source)
         print(f"noted in {args.record}")
@@ -223,11 +312,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from modular.predict import ImageError, predict_files
-    from modular.weights import SHIPPED, load_weights
+    from modular.trained.predict import ImageError, predict_files
+    from modular.trained.weights import SHIPPED, load_checkpoint_model, load_weights
 
+    trained = load_checkpoint_model(args.checkpoint) if args.checkpoint else load_weights(args.weights or SHIPPED)
     failed = 0
-    for outcome in predict_files(load_weights(args.weights or SHIPPED), args.images):
+    for outcome in predict_files(trained, args.images):
         if isinstance(outcome, ImageError):
             failed += 1
             print(f"error: {outcome}", file=sys.stderr)
@@ -237,25 +327,84 @@ def cmd_predict(args) -> int:
 
 
 def cmd_gradcam(args) -> int:
-    from modular.inference import gradcam_figure, load_for_evaluation
     from modular.plots import save_figure
+    from modular.trained.inference import gradcam_figure, load_for_evaluation
 
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, device="cpu")
-    record = json.loads(Path(args.record).read_text()) if args.record else None
-    path = save_figure(gradcam_figure(loaded.model, loaded.prepared, record), args.output)
+    record = check_record_test_set(args.record, loaded.prepared.data) if args.record else None
+    output = default_output(args.output, args.checkpoint, args.weights, GRADCAM_PNG)
+    path = save_figure(gradcam_figure(loaded.model, loaded.prepared, record), output)
     print(f"Grad-CAM figure: {path}")
+    return 0
+
+
+def check_record_test_set(record_path: str, data) -> dict:
+    """The run record at ``record_path``, refused (TestSetError) unless ``data`` holds its test set."""
+    from modular.testset import check_test_set
+
+    record = json.loads(Path(record_path).read_text())
+    note = check_test_set(record, record_path, data)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return record
+
+
+def cmd_test_set(args) -> int:
+    from modular.data import load_cifar10
+    from modular.testset import TestSetIdentity, stamp_record
+
+    data = load_cifar10(args.data_dir)
+    print(f"test set of {data.source}: {TestSetIdentity.of(data).to_dict()}")
+    for record in args.records:
+        stamp_record(record, data)
+        print(f"{record}: checked (image count, labels at its misclassified indices, images per class) and noted")
+    return 0
+
+
+def cmd_app_samples(args) -> int:
+    from modular.trained.samples import make_sample
+    from modular.trained.weights import SHIPPED
+
+    sample = make_sample(args.data_dir, args.record, args.weights or SHIPPED, args.output, args.misclassified, args.force)
+    print(f"{sample.folder}: {len(sample.examples)} examples and {len(sample.misclassified)} misclassified images "
+          f"of {sample.test_set}")
+    return 0
+
+
+def cmd_app(args) -> int:
+    from modular.trained.app import RECORDS, serve
+    from modular.trained.samples import FOLDER
+    from modular.trained.weights import SHIPPED
+
+    serve(args.weights or SHIPPED, args.records or RECORDS, args.samples or FOLDER, args.host, args.port)
+    return 0
+
+
+def cmd_app_latency(args) -> int:
+    from modular.jsonio import write_record
+    from modular.trained.latency import describe, measure
+
+    record = measure(args.calls)
+    output = Path(args.output or "runs/app-latency.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_record(output, record)
+    print(f"{describe(record)}\nrecord: {output}")
+    if record["load_average_before"][0] > 0.5 or record["load_average_after"][0] > 1.5:
+        print("note: other work was running (see the load averages): measure again on an idle machine",
+              file=sys.stderr)
     return 0
 
 
 def cmd_export_weights(args) -> int:
     from modular.config import CIFAR10_CLASSES
-    from modular.weights import export_weights, record_export
+    from modular.trained.weights import export_weights, record_export
 
     classes = json.loads(Path(args.record).read_text())["classes"] if args.record else list(CIFAR10_CLASSES)
-    exported = export_weights(args.checkpoint, args.output, classes)
+    output = default_output(args.output, args.checkpoint, None, Path(SHIPPED_WEIGHTS).name)
+    exported = export_weights(args.checkpoint, output, classes, record_path=args.record)
     if args.record:
         record_export(args.record, exported)
-    print(f"weights of epoch {exported['epoch']} in fp16: {args.output} (sha256 {exported['sha256']})"
+    print(f"weights of epoch {exported['epoch']} in fp16: {output} (sha256 {exported['sha256']})"
           + (f"; noted in {args.record}" if args.record else ""))
     return 0
 
@@ -276,9 +425,16 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from modular.report import update_readme
+    from modular.report import render_sections, update_readme
 
-    for section in update_readme([Path(r) for r in args.records], Path(args.readme)):
+    paths, ablations = [Path(r) for r in args.records], [Path(a) for a in args.ablation]
+    if args.readme is None:  # the README is a tracked file: written only when named
+        for name, (_, table) in render_sections(paths, ablations).items():
+            print(f"{name}:\n\n{table}\n")
+        print(f"(printed only; to write these sections into the README: python -m modular report "
+              f"{' '.join(map(str, paths))}{''.join(f' --ablation {a}' for a in ablations)} --readme README.md)")
+        return 0
+    for section in update_readme(paths, Path(args.readme), ablations):
         print(f"updated the {section} section of {args.readme}")
     return 0
 
@@ -303,12 +459,17 @@ def main(argv: list[str] | None = None) -> int:
     from modular.lr_finder import LRFinderError
     from modular.lr_seeds import LRSeedsError
     from modular.pipeline import OutputDirError
-    from modular.predict import ImageError
     from modular.report import ReportError
+    from modular.testset import TestSetError
     from modular.train import DivergenceError
-    from modular.weights import WeightsError
+    from modular.trained.app import AppSetupError
+    from modular.trained.predict import ImageError
+    from modular.trained.samples import SampleError
+    from modular.trained.weights import WeightsError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    with contextlib.suppress(AttributeError, ValueError):  # a log file sees each line when it is printed
+        sys.stdout.reconfigure(line_buffering=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -317,12 +478,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, cfg, argv) if args.command == "train" else cmd_lr_find(args, cfg)
         commands = {"evaluate": cmd_evaluate, "predict": cmd_predict, "gradcam": cmd_gradcam,
                     "export-weights": cmd_export_weights, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report,
-                    "lr-seeds": cmd_lr_seeds}
+                    "test-set": cmd_test_set, "app-samples": cmd_app_samples, "app": cmd_app,
+                    "app-latency": cmd_app_latency, "lr-seeds": cmd_lr_seeds}
         return commands[args.command](args)
     except ConfigError as error:
         args.command_parser.error(str(error))  # exit 2, like any other bad argument
     except (DataError, CheckpointError, OutputDirError, LRFinderError, DivergenceError, ReportError, WeightsError,
-            ImageError, LRSeedsError) as error:
+            ImageError, TestSetError, SampleError, AppSetupError, LRSeedsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except FileNotFoundError as error:

@@ -26,6 +26,11 @@ ACCEPTED_LAYOUTS = (
     "an image tree train/<class>/*, test/<class>/* (or a .tar.gz of one)"
 )
 IMAGE_SIZE = (32, 32)
+# The official training set's channel statistics to 4 places: what tells its pixels (torchvision's
+# download, or a lossless copy) from a lossy copy (the JPEG one's std is 0.2452, 0.2428, 0.2606).
+OFFICIAL_MEAN = (0.4914, 0.4822, 0.4465)
+OFFICIAL_STD = (0.2470, 0.2435, 0.2616)
+OFFICIAL_SIZES = (50_000, 10_000)  # train, test
 
 
 class DataError(RuntimeError):
@@ -42,6 +47,7 @@ class CifarData:
     test_labels: np.ndarray
     classes: tuple[str, ...]
     source: str
+    kind: str = "unknown"  # the source's layout (image tree, torchvision batches, ...): it fixes the test set's order
 
     def subset(self, n: int, seed: int) -> CifarData:
         """A class-balanced sample of ``n`` training images, fixed by ``seed`` (test set unchanged)."""
@@ -60,33 +66,35 @@ class CifarData:
             chosen.append(rng.choice(members, size=count, replace=False))
         index = np.sort(np.concatenate(chosen))
         return CifarData(self.train_images[index], self.train_labels[index], self.test_images,
-                         self.test_labels, self.classes, f"{self.source} (subset of {n})")
+                         self.test_labels, self.classes, f"{self.source} (subset of {n})", self.kind)
 
 
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
 
-def load_cifar10(data_dir: str | os.PathLike | None = None, download_root: str | os.PathLike = "data") -> CifarData:
-    """Load CIFAR-10 from ``data_dir`` (see the module docstring), or download it when None."""
+def load_cifar10(data_dir: str | os.PathLike | None = None, download_root: str | os.PathLike = "data",
+                 setting: str = "--data-dir") -> CifarData:
+    """Load CIFAR-10 from ``data_dir`` (see the module docstring), or download it when None.
+    ``setting``: what the user sets ``data_dir`` with, named in errors (the notebook: CIFAR10_DIR)."""
     if data_dir is None:
-        return _load_torchvision(Path(download_root), download=True)
+        return _load_torchvision(Path(download_root), download=True, setting=setting)
     path = Path(data_dir)
     if not path.exists():
-        raise DataError(f"--data-dir {path} does not exist; give {ACCEPTED_LAYOUTS}")
+        raise DataError(f"{setting} {path} does not exist; give {ACCEPTED_LAYOUTS}")
     if path.is_file():
         if path.name.endswith((".tar.gz", ".tgz", ".tar")):
             return _load_tar(path)
-        raise DataError(f"--data-dir {path} is a file but not a .tar.gz; give {ACCEPTED_LAYOUTS}")
+        raise DataError(f"{setting} {path} is a file but not a .tar.gz; give {ACCEPTED_LAYOUTS}")
     if (path / "cifar-10-batches-py").is_dir() or (path / "cifar-10-python.tar.gz").is_file():
-        return _load_torchvision(path, download=False)
+        return _load_torchvision(path, download=False, setting=setting)
     tree = _find_image_tree(path)
     if tree is None:
-        raise DataError(f"--data-dir {path} holds no CIFAR-10; give {ACCEPTED_LAYOUTS}")
+        raise DataError(f"{setting} {path} holds no CIFAR-10; give {ACCEPTED_LAYOUTS}")
     return _load_image_tree(tree)
 
 
-def _load_torchvision(root: Path, download: bool) -> CifarData:
+def _load_torchvision(root: Path, download: bool, setting: str = "--data-dir") -> CifarData:
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import extract_archive
 
@@ -99,13 +107,13 @@ def _load_torchvision(root: Path, download: bool) -> CifarData:
     except Exception as error:  # URLError offline, RuntimeError for missing or corrupt files
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         what = "could not download CIFAR-10" if download else f"CIFAR-10 in {root} is missing or corrupt"
-        raise DataError(f"{what} ({reason}); pass --data-dir with {ACCEPTED_LAYOUTS}") from None
+        raise DataError(f"{what} ({reason}); point {setting} at {ACCEPTED_LAYOUTS}") from None
     classes = tuple(train.classes)
     if classes != CIFAR10_CLASSES:
         raise DataError(f"{root}: batches.meta lists classes {classes}, expected CIFAR-10's {CIFAR10_CLASSES}")
     return CifarData(np.asarray(train.data, np.uint8), np.asarray(train.targets, np.int64),
                      np.asarray(test.data, np.uint8), np.asarray(test.targets, np.int64),
-                     classes, f"torchvision CIFAR10 in {root}")
+                     classes, f"torchvision CIFAR10 in {root}", "torchvision batches")
 
 
 def _find_image_tree(path: Path) -> Path | None:
@@ -129,7 +137,7 @@ def _decode_image(payload: bytes, where: str) -> np.ndarray:
         raise DataError(f"{where}: not a readable image ({type(error).__name__}); remove it") from None
 
 
-def _assemble(files: dict[str, dict[str, list[tuple[str, bytes]]]], where: str) -> CifarData:
+def _assemble(files: dict[str, dict[str, list[tuple[str, bytes]]]], where: str, kind: str) -> CifarData:
     """files[split][class] = [(name, payload)] -> arrays in CIFAR-10 class order, names sorted."""
     arrays = {}
     for split in ("train", "test"):
@@ -149,7 +157,7 @@ def _assemble(files: dict[str, dict[str, list[tuple[str, bytes]]]], where: str) 
                 images.append(_decode_image(payload, f"{where}/{split}/{name}/{file_name}"))
                 labels.append(label)
         arrays[split] = (np.stack(images), np.asarray(labels, np.int64))
-    return CifarData(*arrays["train"], *arrays["test"], CIFAR10_CLASSES, where)
+    return CifarData(*arrays["train"], *arrays["test"], CIFAR10_CLASSES, where, kind)
 
 
 def _load_image_tree(root: Path) -> CifarData:
@@ -160,7 +168,7 @@ def _load_image_tree(root: Path) -> CifarData:
             files[split][class_dir.name] = [
                 (f.name, f.read_bytes()) for f in class_dir.iterdir() if f.is_file() and not f.name.startswith(".")
             ]
-    return _assemble(files, str(root))
+    return _assemble(files, str(root), "image tree")
 
 
 def _load_tar(archive: Path) -> CifarData:
@@ -187,7 +195,7 @@ def _load_tar(archive: Path) -> CifarData:
         raise DataError(f"{archive}: not a readable .tar.gz ({error}); give {ACCEPTED_LAYOUTS}") from None
     if not files:
         raise DataError(f"{archive} holds no train/<class>/ and test/<class>/ folders; give {ACCEPTED_LAYOUTS}")
-    return _assemble(files, str(archive))
+    return _assemble(files, str(archive), "image tree in a .tar.gz")
 
 
 def _load_batches_from_tar(tar: tarfile.TarFile, members: list, archive: Path) -> CifarData:
@@ -206,7 +214,7 @@ def _load_batches_from_tar(tar: tarfile.TarFile, members: list, archive: Path) -
     train = [read(f"data_batch_{i}") for i in range(1, 6)]
     test_images, test_labels = read("test_batch")
     return CifarData(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]),
-                     test_images, test_labels, CIFAR10_CLASSES, str(archive))
+                     test_images, test_labels, CIFAR10_CLASSES, str(archive), "torchvision batches in a .tar.gz")
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +273,7 @@ def synthetic_cifar10(n_train: int = 500, n_test: int = 100, seed: int = 0) -> C
         return (np.clip(base + noise, 0, 1) * 255).round().astype(np.uint8), labels.astype(np.int64)
 
     train, test = make(n_train), make(n_test)
-    return CifarData(*train, *test, CIFAR10_CLASSES, f"synthetic (seed {seed})")
+    return CifarData(*train, *test, CIFAR10_CLASSES, f"synthetic (seed {seed})", "synthetic")
 
 
 def write_image_tree(data: CifarData, root: str | os.PathLike, suffix: str = ".png") -> Path:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from modular.progress import track
 
 
 @dataclass
@@ -34,18 +37,20 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, runtime, criterion: torch.nn.Module | None = None,
-            flip_tta: bool = False) -> Predictions:
+            flip_tta: bool = False, log: Callable[[str], None] | None = None) -> Predictions:
     """Logits for every sample of ``loader`` in order, with the mean ``criterion`` (default: plain
     cross-entropy) and the mean plain cross-entropy. ``flip_tta`` also runs each mirrored image
-    once and keeps the log of the two softmaxes' mean (two forward passes per batch in all)."""
+    once and keeps the log of the two softmaxes' mean (two forward passes per batch in all).
+    ``log``: show progress (``progress.track``); None, as after every epoch, shows none."""
     criterion = criterion or torch.nn.CrossEntropyLoss()
     was_training = model.training
     model.eval()
     outputs, mirrored_outputs, labels = [], [], []
     loss_sum = torch.zeros((), device=runtime.device)
     ce_sum = torch.zeros((), device=runtime.device)
+    batches = loader if log is None else track(loader, "evaluation", len(loader), "batches", log)
     try:
-        for images, targets in loader:
+        for images, targets in batches:
             images, targets = runtime.to_device(images), targets.to(runtime.device, non_blocking=True)
             with runtime.autocast():
                 logits = model(images).float()
@@ -87,9 +92,10 @@ def gallery_sample(wrong: list[dict[str, int]], n: int = 20) -> list[dict[str, i
     return wrong[:: max(1, len(wrong) // n)][:n]
 
 
-def full_evaluation(model, loader, runtime, classes, criterion=None) -> dict:
-    """Everything the run record holds about the test set, accuracies in percent."""
-    plain = predict(model, loader, runtime, criterion, flip_tta=True)
+def full_evaluation(model, loader, runtime, classes, criterion=None, log: Callable[[str], None] | None = print) -> dict:
+    """Everything the run record holds about the test set, accuracies in percent; progress through
+    ``log`` (None: none)."""
+    plain = predict(model, loader, runtime, criterion, flip_tta=True, log=log)
     matrix = confusion_matrix(plain.labels, plain.predicted, len(classes))
     return {
         "test_acc": plain.accuracy,

@@ -18,10 +18,11 @@ def run_figures(record: dict, prepared: Prepared) -> dict[str, Figure]:
     data = prepared.data
     images, labels = next(iter(prepared.train_loader))
     wrong = gallery_sample(record["misclassified"])
+    shown = galleries.across_classes(data.test_labels, 16)  # the test set is stored class by class
     found = {
         "train_samples": galleries.plot_samples(images[:16], labels[:16].numpy(), classes,
                                                 "augmented training images", mean=prepared.mean, std=prepared.std),
-        "test_samples": galleries.plot_samples(data.test_images[:16], data.test_labels[:16], classes, "test images"),
+        "test_samples": galleries.plot_samples(data.test_images[shown], data.test_labels[shown], classes, "test images"),
         "loss_accuracy": plots.plot_history(record["history"]),
         "one_cycle_lr": plots.plot_lr_schedule(record["lr_per_step"], record["steps_per_epoch"], record["peak_epoch"]),
         "misclassified": galleries.plot_misclassified(

@@ -66,6 +66,15 @@ def plot_samples(images: Any, labels: Sequence[Any], classes: Sequence[str], tit
     return _gallery(shown, titles, cols=8, cell=1.0, title=title)
 
 
+def across_classes(labels: Sequence[Any], n: int = 16) -> np.ndarray:
+    """Indices of ``n`` images taken from each class in turn (every class's first, then every class's
+    second, ...): the first ``n`` of a set stored class by class would all be of one class."""
+    labels = np.asarray(labels)
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    order = [m[k] for k in range(max((len(m) for m in members), default=0)) for m in members if k < len(m)]
+    return np.asarray(order[:n], dtype=np.int64)
+
+
 def plot_misclassified(images: Any, predicted: Sequence[Any], actual: Sequence[Any], classes: Sequence[str],
                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                        n: int = 20) -> Figure:

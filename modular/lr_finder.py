@@ -9,10 +9,9 @@ therefore cuts the curve at the point of divergence and looks only before it.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from unittest import mock
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from modular.config import Config
+from modular.progress import track
 
 SMOOTH_F = 0.05        # torch-lr-finder's default smoothing, applied here to the raw curve
 GIVE_BACK = 0.5        # diverged once the loss gives back half of what it gained...
@@ -126,9 +126,11 @@ def choose_lr_max(lrs: list[float], smoothed: list[float], stopped_early: bool =
 
 
 def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: torch.nn.Module,
-               train_loader, runtime, cfg: Config, show_progress: bool = False) -> LRFindResult:
+               train_loader, runtime, cfg: Config, log: Callable[[str], None] = print,
+               bar: bool | None = None) -> LRFindResult:
     """Run the exponential range test from cfg.lr_find_start to cfg.lr_find_end over
-    cfg.lr_find_iters batches. Model and optimizer are restored afterwards."""
+    cfg.lr_find_iters batches, showing progress (``progress.track``: a bar in a terminal, else lines
+    through ``log``). Model and optimizer are restored afterwards."""
     with warnings.catch_warnings():  # tqdm.autonotebook warns on import where ipywidgets is missing
         warnings.simplefilter("ignore")
         from torch_lr_finder import LRFinder
@@ -140,13 +142,14 @@ def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criteri
                    amp_config={"device_type": runtime.device.type, "dtype": runtime.amp_dtype})
     finder = LRFinder(model, optimizer, criterion, device=runtime.device, **amp)
 
-    def progress(iterable, **kwargs):  # a bar in terminals and notebooks, silence in logs
-        from tqdm.auto import tqdm
-        return tqdm(iterable, desc="LR range test", disable=not show_progress, **kwargs)
+    def progress(iterable, **kwargs):  # the library wraps range(num_iter) in tqdm
+        return track(iterable, "LR range test", len(iterable), "steps", log, bar)
 
     try:
-        # the library prints status lines of its own; keep the output to our summary
-        with mock.patch.object(lr_finder_module, "tqdm", progress), contextlib.redirect_stdout(io.StringIO()):
+        # the library prints status lines of its own; keep the output to ours (its module-level
+        # name "print" shadows the builtin for that module only)
+        with mock.patch.object(lr_finder_module, "tqdm", progress), \
+                mock.patch.object(lr_finder_module, "print", lambda *args, **kwargs: None, create=True):
             finder.range_test(train_loader, start_lr=cfg.lr_find_start, end_lr=cfg.lr_find_end,
                               num_iter=cfg.lr_find_iters, step_mode="exp", smooth_f=0, diverge_th=5)
         lrs = [float(x) for x in finder.history["lr"]]

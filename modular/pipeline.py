@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from modular.checkpoint import RESUME_REQUIRED, CheckpointError, load_checkpoint
+from modular.checkpoint import RESUME_REQUIRED, CheckpointError, load_checkpoint, load_model_state
 from modular.config import Config
 from modular.data import CifarData
 from modular.evaluate import full_evaluation
@@ -20,7 +20,7 @@ from modular.jsonio import write_record
 from modular.lr_finder import LRFindResult, range_test
 from modular.prepare import Prepared, new_model, prepare
 from modular.record import RunFacts, build_record
-from modular.train import FitResult, build_criterion, build_optimizer, fit, interactive
+from modular.train import DivergenceError, FitResult, build_criterion, build_optimizer, fit
 
 
 class OutputDirError(RuntimeError):
@@ -41,13 +41,18 @@ def prepare_output_dir(path: str | Path) -> Path:
     return path
 
 
-def lr_range_test(prepared: Prepared, model: torch.nn.Module) -> LRFindResult:
+def lr_range_test(prepared: Prepared, model: torch.nn.Module, log: Callable[[str], None] = print) -> LRFindResult:
     """The range test with the training's own optimizer and loss; ``model`` is left as it was."""
     cfg = prepared.cfg
     model = prepared.runtime.prepare_model(model)
     optimizer = build_optimizer(model, cfg, cfg.lr_find_start)
-    return range_test(model, optimizer, build_criterion(cfg), prepared.train_loader, prepared.runtime, cfg,
-                      show_progress=interactive())
+    return range_test(model, optimizer, build_criterion(cfg), prepared.train_loader, prepared.runtime, cfg, log=log)
+
+
+def describe_range_test(cfg: Config) -> str:
+    """What the range test is about to cost, said before it starts: it does not shrink with --subset."""
+    return (f"LR range test: {cfg.lr_find_iters} steps of {cfg.batch_size} images ({cfg.lr_find_iters * cfg.batch_size:,} "
+            f"images; --max-lr skips it) from {cfg.lr_find_start:g} to {cfg.lr_find_end:g}")
 
 
 def checkpoint_path(cfg: Config) -> Path:
@@ -84,9 +89,9 @@ def decide_lr(prepared: Prepared, model: torch.nn.Module, state: dict | None = N
     elif cfg.max_lr is not None:
         facts = RunFacts.decided(prepared, cfg.max_lr)
     else:
-        log(f"LR range test: {cfg.lr_find_iters} steps from {cfg.lr_find_start:g} to {cfg.lr_find_end:g}")
+        log(describe_range_test(cfg))
         tested = time.perf_counter()
-        found = lr_range_test(prepared, model)
+        found = lr_range_test(prepared, model, log)
         facts = RunFacts.decided(prepared, found.lr_max, found, time.perf_counter() - tested)
     log(f"LRMAX {facts.lr_max:.4g}, LRMIN {facts.lr_min:.4g} (OneCycle peak at epoch "
         f"{cfg.resolved_peak_epoch} of {cfg.epochs})")
@@ -102,25 +107,50 @@ def train(prepared: Prepared, model: torch.nn.Module, facts: RunFacts, resume: b
     prepare_output_dir(cfg.output_dir)
     if state is None:
         state = find_checkpoint(cfg, resume)
-    if state is not None:
+    if state is not None and int(state["epoch"]) >= cfg.epochs:
+        log(f"{checkpoint_path(cfg)} holds a finished run ({state['epoch']} of {cfg.epochs} epochs): nothing left "
+            "to train; its epochs:")
+    elif state is not None:
         log(f"resuming {checkpoint_path(cfg)} after epoch {state['epoch']} of {cfg.epochs}")
     return fit(prepared, model, facts, checkpoint_path(cfg), resume_state=state, log=log)
 
 
-def finish(prepared: Prepared, facts: RunFacts, result: FitResult, log: Callable[[str], None] = print) -> dict:
-    """Evaluate the trained model, write <output_dir>/run.json and the plots; return the record."""
+def finish(prepared: Prepared, facts: RunFacts, result: FitResult, log: Callable[[str], None] = print,
+           stopped: str | None = None) -> dict:
+    """Evaluate the trained model, write <output_dir>/run.json and the plots; return the record.
+    ``stopped``: why training ended before its last epoch (the record keeps the model of the last
+    finished epoch, evaluated; with no finished epoch there is nothing to evaluate)."""
     out = prepare_output_dir(prepared.cfg.output_dir)
     evaluated = time.perf_counter()
-    evaluation = full_evaluation(result.model, prepared.test_loader, prepared.runtime, prepared.data.classes,
-                                 build_criterion(prepared.cfg))
+    evaluation = {}
+    if result.history:
+        evaluation = full_evaluation(result.model, prepared.test_loader, prepared.runtime, prepared.data.classes,
+                                     build_criterion(prepared.cfg), log=log)
     # compute time of the whole run, the same whether or not it was interrupted and resumed
     wall = facts.lr_find_seconds + sum(row["seconds"] for row in result.history)
     record = write_record(out / "run.json", build_record(prepared, facts, result.history, result.lr_per_step, evaluation,
-                                                         wall + time.perf_counter() - evaluated))
+                                                         wall + time.perf_counter() - evaluated, stopped))
+    if not result.history:
+        log(f"no epoch finished: nothing to evaluate; record: {out / 'run.json'}")
+        return record
     save_run_figures(record, prepared, out)
     log(f"test accuracy {record['test_acc']:.2f}% (best {record['best_test_acc']:.2f}% at epoch "
         f"{record['best_epoch']}), flip TTA {record['tta_test_acc']:.2f}%; record: {out / 'run.json'}")
     return record
+
+
+def finish_stopped(prepared: Prepared, facts: RunFacts, reason: str, log: Callable[[str], None] = print) -> dict:
+    """The record of a run that stopped on a NaN/inf loss: the last finished epoch (its checkpoint)
+    evaluated, and why it stopped. A run that diverges is a result, not just an error."""
+    path = checkpoint_path(prepared.cfg)
+    state = load_checkpoint(path) if path.exists() else None
+    model = prepared.runtime.prepare_model(new_model(prepared.cfg))
+    if state is None:
+        return finish(prepared, facts, FitResult([], [], model), log, stopped=reason)
+    load_model_state(model, state, path)
+    log(f"stopped: {reason}; evaluating the last finished epoch ({state['epoch']})")
+    return finish(prepared, facts, FitResult(list(state["history"]), list(state["lr_per_step"]), model), log,
+                  stopped=reason)
 
 
 def run(cfg: Config, resume: bool = False, data: CifarData | None = None,
@@ -130,12 +160,16 @@ def run(cfg: Config, resume: bool = False, data: CifarData | None = None,
     out = prepare_output_dir(cfg.output_dir)
     state = find_checkpoint(cfg, resume)
     if resume and state is None:
-        log(f"no checkpoint in {out}: starting a new run")
+        log(f"--resume: no checkpoint in {out}, so this starts a new run")
     prepared = prepare(cfg, data, *((state["mean"], state["std"]) if state else (None, None)))
     data = prepared.data
     log(f"data: {data.source}: {len(data.train_labels):,} train / {len(data.test_labels):,} test images; "
         f"device: {prepared.runtime.describe()}")
     model = new_model(cfg)
     facts = decide_lr(prepared, model, state, log)
-    result = train(prepared, model, facts, resume, log, state=state)
+    try:
+        result = train(prepared, model, facts, resume, log, state=state)
+    except DivergenceError as error:
+        finish_stopped(prepared, facts, str(error), log)
+        raise  # still a failure for the command line (exit 1), after the record is written
     return finish(prepared, facts, result, log)

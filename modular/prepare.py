@@ -29,9 +29,10 @@ class Prepared:
     test_loader: torch.utils.data.DataLoader
 
 
-def load_data(cfg: Config) -> CifarData:
-    """CIFAR-10 from cfg.data_dir (or torchvision's download), reduced to cfg.subset if set."""
-    data = load_cifar10(cfg.data_dir, cfg.download_root)
+def load_data(cfg: Config, setting: str = "--data-dir") -> CifarData:
+    """CIFAR-10 from cfg.data_dir (or torchvision's download), reduced to cfg.subset if set; errors
+    name ``setting``, what the user gives cfg.data_dir with."""
+    data = load_cifar10(cfg.data_dir, cfg.download_root, setting)
     return data.subset(cfg.subset, cfg.seed) if cfg.subset else data
 
 

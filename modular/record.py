@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from modular.device import Runtime, hardware_name, versions
 from modular.prepare import Prepared
 from modular.provenance import code_version
+from modular.testset import TestSetIdentity
 
 if TYPE_CHECKING:  # annotation only: the record needs no range-test code at run time
     from modular.lr_finder import LRFindResult
@@ -55,9 +56,10 @@ def runtime_part(runtime: Runtime, from_epoch: int = 0) -> dict:
 
 
 def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_per_step: list[float],
-                 evaluation: dict, wall_seconds: float) -> dict:
-    """The run record (run.json): config, LRs, history, per-step LRs and the final evaluation."""
-    best = max(history, key=lambda row: row["test_acc"])
+                 evaluation: dict, wall_seconds: float, stopped: str | None = None) -> dict:
+    """The run record (run.json): config, LRs, history, per-step LRs and the final evaluation;
+    ``stopped``: why a run ended before its last epoch (then "stopped" says so, and after which epoch)."""
+    best = max(history, key=lambda row: row["test_acc"]) if history else {"test_acc": None, "epoch": None}
     data, runtime = prepared.data, prepared.runtime
     return {
         "config": prepared.cfg.to_dict(),
@@ -65,6 +67,7 @@ def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_pe
         "data_source": data.source,
         "train_images": int(len(data.train_labels)),
         "test_images": int(len(data.test_labels)),
+        "test_set": TestSetIdentity.of(data).to_dict(),  # what the misclassified indices point into
         "classes": list(data.classes),
         **facts.to_dict(),
         "steps_per_epoch": len(prepared.train_loader),
@@ -74,7 +77,8 @@ def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_pe
         **evaluation,
         "best_test_acc": best["test_acc"],
         "best_epoch": best["epoch"],
-        "seconds_per_epoch": sum(row["seconds"] for row in history) / len(history),
+        **({"stopped": {"reason": stopped, "after_epoch": len(history)}} if stopped else {}),
+        "seconds_per_epoch": sum(row["seconds"] for row in history) / len(history) if history else None,
         "wall_seconds": wall_seconds,
         "device": runtime.device.type,          # the last part's (all parts': ran_on)
         "precision": runtime.precision,

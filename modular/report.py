@@ -3,20 +3,33 @@ number in the README can be regenerated from (and traced to) a file in results/.
 
 - one run record (run.json, e.g. results/headline.json) -> the Results table;
 - several run records of one configuration, one per seed -> the Seeds table (mean, spread);
-- a benchmark record (results/bench-cpu.json) -> the Performance table.
+- a benchmark record (results/bench-cpu.json) -> the Performance table;
+- baseline seeds plus variants that each change one thing (``--ablation``) -> the Ablations table.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
-from pathlib import Path
+from pathlib import Path, PurePath
 
-from modular.config import Config
+from modular.config import RUNTIME_FIELDS, Config
+from modular.data import OFFICIAL_MEAN, OFFICIAL_SIZES, OFFICIAL_STD
 
 
 class ReportError(RuntimeError):
     """The record or the README cannot be used; the message says which and why."""
+
+
+def describe_data(record: dict) -> str:
+    """The data a run used, by what it is rather than where it lay on the machine that ran it: the
+    official CIFAR-10 pixels when the image counts and channel statistics are theirs, else the name of
+    the source (its last path component; no folders)."""
+    official = ((record["train_images"], record["test_images"]) == OFFICIAL_SIZES
+                and [round(x, 4) for x in record.get("mean", ())] == list(OFFICIAL_MEAN)
+                and [round(x, 4) for x in record.get("std", ())] == list(OFFICIAL_STD))
+    return "the official CIFAR-10 pixels" if official else f"`{PurePath(record['data_source']).name}`"
 
 
 def results_table(record: dict) -> str:
@@ -31,7 +44,7 @@ def results_table(record: dict) -> str:
         ("Seconds per epoch (train + test)", f"{record['seconds_per_epoch']:.0f}"),
         ("Total time (range test + training + evaluation)", f"{record['wall_seconds'] / 3600:.2f} h"),
         ("Hardware", f"{record['hardware']}, {precision}"),
-        ("Data", f"{record['data_source']}: {record['train_images']:,} train / {record['test_images']:,} test"),
+        ("Data", f"{describe_data(record)}: {record['train_images']:,} train / {record['test_images']:,} test"),
     ]
     evaluated = record.get("weights", {}).get("evaluated")
     if evaluated:  # the shipped fp16 weights, evaluated again (fp32) on the same test set
@@ -73,13 +86,73 @@ def seeds_table(records: list[dict], names: list[str]) -> str:
     epochs = len(records[0]["history"])
     lead = (f"**{statistics.mean(acc):.2f}% ± {sd(acc):.2f}** test accuracy at epoch {epochs} (mean ± sample standard "
             f"deviation over {len(acc)} seeds, no TTA; min {min(acc):.2f}%, max {max(acc):.2f}%), "
-            f"on {records[0]['data_source']}.")
+            f"on {describe_data(records[0])}.")
     rows = [f"| {r['seed']} | {r['lr_max']:.4g} | {r['test_acc']:.2f}% | {r['tta_test_acc']:.2f}% | "
             f"{r['wall_seconds'] / 3600:.2f} h |" for r in records]
     for label, pick in (("mean", statistics.mean), ("sample sd", sd), ("min", min), ("max", max)):
         rows.append(f"| {label} | {pick(lrs):.4g} | {pick(acc):.2f}% | {pick(tta):.2f}% | {pick(hours):.2f} h |")
     return "\n".join([lead, "", "| seed | LRMAX | test accuracy | flip TTA (not counted) | time |",
                       "|---|---|---|---|---|", *rows])
+
+
+# What an ablation variant may change; anything else makes it another experiment, not an ablation.
+ABLATION_FIELDS = frozenset({"optimizer", "lr_rule", "label_smoothing", "logit_scale"})
+
+
+def ablation_change(baseline: dict, variant: dict, name: str) -> str:
+    """The variant's change, read off the two configs ("optimizer: sgd -> adam; ..."); ReportError
+    if it changes nothing, or anything besides ABLATION_FIELDS, or ran on other data or precision."""
+    base_cfg, var_cfg = Config.from_dict(baseline["config"]), Config.from_dict(variant["config"])
+    changed = [k for k in base_cfg.to_dict() if k not in RUNTIME_FIELDS | {"seed"}
+               and base_cfg.to_dict()[k] != var_cfg.to_dict()[k]]
+    other = [k for k in changed if k not in ABLATION_FIELDS]
+    other += [k for k in SEED_FIELDS if baseline[k] != variant[k]]
+    if [round(x, 4) for x in baseline["std"]] != [round(x, 4) for x in variant["std"]]:
+        other.append("data (channel std)")
+    if other:
+        raise ReportError(f"{name} differs from the baseline in {', '.join(other)}, not only in "
+                          f"{'/'.join(sorted(ABLATION_FIELDS))}: an ablation changes one of those and nothing else")
+    if not changed:
+        raise ReportError(f"{name} has the baseline's configuration: it is another seed, not an ablation")
+    return "; ".join(f"{k}: {base_cfg.to_dict()[k]} → {var_cfg.to_dict()[k]}" for k in changed)
+
+
+def ablations_table(baseline: list[dict], baseline_names: list[str], variants: list[dict], variant_names: list[str]) -> str:
+    """The baseline's seeds (mean ± sd) and one row per variant: its change (from the configs), LRMAX,
+    accuracy at the last epoch (or where it stopped), flip TTA, time and the difference from the
+    baseline's mean. A single-seed difference within 2·√2·sd (two runs' noise, 2 sd) is marked unresolved."""
+    check_same_but_seed(baseline, baseline_names)
+    if len(baseline) < 2:
+        raise ReportError("an Ablations table needs the baseline's noise: give two or more baseline seeds")
+    acc = [r["test_acc"] for r in baseline]
+    mean, sd = statistics.mean(acc), statistics.stdev(acc)
+    resolved_at = 2 * math.sqrt(2) * sd
+    seeds = {r["seed"] for r in baseline}
+    lead = (f"Baseline: the defaults over seeds {', '.join(str(s) for s in sorted(seeds))}, {mean:.2f}% ± {sd:.2f} at "
+            f"epoch {len(baseline[0]['history'])}. Each variant is one run (seed shown) that changes only what its row "
+            f"says; with a seed-to-seed sd of {sd:.2f}, a single-seed difference under {resolved_at:.2f} points "
+            f"(2·√2·sd) is within the noise and not resolved.")
+    hours = statistics.mean(r["wall_seconds"] for r in baseline) / 3600
+    rows = [f"| baseline (defaults) | {', '.join(str(s) for s in sorted(seeds))} | "
+            f"{statistics.mean(r['lr_max'] for r in baseline):.4g} (mean) | {mean:.2f}% ± {sd:.2f} | "
+            f"{statistics.mean(r['tta_test_acc'] for r in baseline):.2f}% | {hours:.2f} h | |"]
+    for variant, name in zip(variants, variant_names):
+        change = ablation_change(baseline[0], variant, name)
+        if variant["seed"] not in seeds:
+            raise ReportError(f"{name} ran seed {variant['seed']}, which the baseline lacks: compare like with like")
+        stopped = variant.get("stopped")
+        epochs = len(variant["history"])
+        if epochs == 0:
+            rows.append(f"| {change} | {variant['seed']} | {variant['lr_max']:.4g} | stopped in epoch 1: "
+                        f"{stopped['reason'] if stopped else 'no epoch'} | | {variant['wall_seconds'] / 3600:.2f} h | |")
+            continue
+        where = f" (stopped after epoch {epochs}: NaN loss)" if stopped else ""
+        delta = variant["test_acc"] - mean
+        verdict = "" if abs(delta) > resolved_at else " (within noise)"
+        rows.append(f"| {change} | {variant['seed']} | {variant['lr_max']:.4g} | {variant['test_acc']:.2f}%{where} | "
+                    f"{variant['tta_test_acc']:.2f}% | {variant['wall_seconds'] / 3600:.2f} h | {delta:+.2f}{verdict} |")
+    return "\n".join([lead, "", "| change | seed | LRMAX | test accuracy at the last epoch | flip TTA (not counted) | time | "
+                      "difference from the baseline mean |", "|---|---|---|---|---|---|---|", *rows])
 
 
 def performance_table(bench: dict) -> str:
@@ -95,7 +168,7 @@ def performance_table(bench: dict) -> str:
 def load_record(path: Path) -> dict:
     try:
         record = json.loads(Path(path).read_text())
-        if not isinstance(record, dict) or not ({"history", "train_images_per_s"} & set(record)):
+        if not isinstance(record, dict) or not ({"history", "train_images_per_s", "app_latency"} & set(record)):
             raise ValueError("neither a run record nor a benchmark record")
     except (OSError, ValueError) as error:
         raise ReportError(f"{path} is not a run or benchmark record of this project ({error})") from None
@@ -112,15 +185,25 @@ def check_one_setting(record: dict, path: Path) -> None:
         raise ReportError(f"{path} was resumed on other hardware or precision ({described}); report runs made in one setting")
 
 
-def render_sections(paths: list[Path]) -> dict[str, tuple[str, str]]:
+def render_sections(paths: list[Path], ablations: list[Path] = ()) -> dict[str, tuple[str, str]]:
     """Section name -> (the command that writes it, its Markdown) for the records at ``paths``: each
-    benchmark record its Performance table; one run record the Results table, several the Seeds table."""
+    benchmark record its Performance table; one run record the Results table, several the Seeds table;
+    with ``ablations`` (variant run records) also the Ablations table against those seeds."""
     records = {Path(p): load_record(p) for p in paths}
     runs = [p for p, r in records.items() if "history" in r]
     sections = {}
     try:
-        for path in (p for p, r in records.items() if "history" not in r):
+        if ablations:
+            variants = {Path(p): load_record(p) for p in ablations}
+            source = " ".join(map(str, runs)) + "".join(f" --ablation {p}" for p in variants)
+            sections["ablations"] = (source, ablations_table([records[p] for p in runs], [str(p) for p in runs],
+                                                             list(variants.values()), [str(p) for p in variants]))
+        for path in (p for p, r in records.items() if "history" not in r and "app_latency" not in r):
             sections["performance"] = (str(path), performance_table(records[path]))
+        for path in (p for p, r in records.items() if "app_latency" in r):  # the app's response time
+            from modular.trained.latency import describe
+
+            sections["app-latency"] = (str(path), describe(records[path]))
         if len(runs) == 1:
             sections["results"] = (str(runs[0]), results_table(records[runs[0]]))
         elif runs:
@@ -130,9 +213,9 @@ def render_sections(paths: list[Path]) -> dict[str, tuple[str, str]]:
     return sections
 
 
-def update_readme(paths: list[Path], readme: Path) -> list[str]:
-    """Write the sections the records at ``paths`` feed into ``readme``; returns their names."""
-    sections = render_sections(paths)
+def update_readme(paths: list[Path], readme: Path, ablations: list[Path] = ()) -> list[str]:
+    """Write the sections the records at ``paths`` (and ``ablations``) feed into ``readme``; returns their names."""
+    sections = render_sections(paths, ablations)
     text = readme.read_text()
     for name, (source, table) in sections.items():
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
@@ -140,7 +223,7 @@ def update_readme(paths: list[Path], readme: Path) -> list[str]:
             raise ReportError(f"{readme} has no {start} ... {end} markers; add them where the table belongs")
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
-        note = f"<!-- written by `python -m modular report {source}`; do not edit by hand -->"
+        note = f"<!-- written by `python -m modular report {source} --readme {readme.name}`; do not edit by hand -->"
         text = f"{head}{start}\n{note}\n{table}\n{end}{tail}"
     readme.write_text(text)
     return list(sections)

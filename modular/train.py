@@ -6,7 +6,6 @@ Nothing lives at module level: ``fit`` returns the history and the LR of every s
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from modular.config import Config
 from modular.device import Runtime
 from modular.evaluate import predict
 from modular.prepare import Prepared
+from modular.progress import ProgressLines, terminal
 from modular.record import RunFacts
 from modular.schedule import advance, one_cycle
 
@@ -68,11 +68,6 @@ def build_criterion(cfg: Config) -> torch.nn.Module:
     return torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
-def interactive() -> bool:
-    """A live progress bar only where someone watches: a terminal or a notebook, not a log file."""
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
-
-
 @dataclass
 class EpochStats:
     loss: float
@@ -105,15 +100,17 @@ class Trainer:
 READ_EVERY = 25  # steps between reads of the running loss on the host (progress bar, NaN check)
 
 
-def train_epoch(trainer: Trainer, loader, scheduler, epoch: int, show_progress: bool = False) -> EpochStats:
-    """One pass over ``loader``, the schedule advanced after every batch.
+def train_epoch(trainer: Trainer, loader, scheduler, epoch: int, bar: bool = False,
+                log: Callable[[str], None] = print) -> EpochStats:
+    """One pass over ``loader``, the schedule advanced after every batch; progress in a tqdm bar
+    (``bar``) or in lines through ``log`` (``progress.ProgressLines``: none in a short epoch).
 
     Loss sums, correct counts and the first step with a non-finite loss stay on the device; the
     host reads them every READ_EVERY steps and at the end, so a GPU never waits for the CPU inside
     the loop. A NaN/inf loss raises DivergenceError naming its step (the weights in memory are
     spoiled by then; the last checkpoint on disk is not).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     runtime = trainer.runtime
     trainer.model.train()
@@ -124,7 +121,8 @@ def train_epoch(trainer: Trainer, loader, scheduler, epoch: int, show_progress: 
     first_bad = torch.zeros((), device=runtime.device, dtype=torch.long)  # 0: every loss so far finite
     seen = 0
     lrs: list[float] = []
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not show_progress, dynamic_ncols=True)
+    lines = ProgressLines(f"epoch {epoch}", steps, "steps", log)  # host clock only: no read from the device
+    progress = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not bar, dynamic_ncols=True)
     for step, (images, targets) in enumerate(loader, start=1):
         images, targets = runtime.to_device(images), targets.to(runtime.device, non_blocking=True)
         lrs.append(trainer.optimizer.param_groups[0]["lr"])  # the LR this step uses, recorded before stepping
@@ -136,13 +134,17 @@ def train_epoch(trainer: Trainer, loader, scheduler, epoch: int, show_progress: 
         seen += len(targets)
         if step % READ_EVERY == 0 or step == steps:
             if bad_step := int(first_bad):
-                bar.close()
+                progress.close()
                 raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {bad_step}; lower --max-lr")
-            if show_progress:
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", lr=f"{lrs[-1]:.2e}",
-                                acc=f"{100 * int(correct) / seen:.1f}%")
-        bar.update(1)
-    bar.close()
+            if step < steps:  # running figures for the bar or the next line (the epoch's own line follows its last step)
+                loss_so_far, acc_so_far = float(loss_sum) / seen, 100 * int(correct) / seen
+                lines.note = f"train loss {loss_so_far:.3f}, train acc {acc_so_far:.1f}%"
+                if bar:
+                    progress.set_postfix(loss=f"{loss_so_far:.3f}", lr=f"{lrs[-1]:.2e}", acc=f"{acc_so_far:.1f}%")
+        progress.update(1)
+        if not bar:
+            lines.update(step)
+    progress.close()
     return EpochStats(float(loss_sum) / seen, 100.0 * int(correct) / seen, lrs)
 
 
@@ -167,12 +169,13 @@ class FitResult:
 
 def fit(prepared: Prepared, model: torch.nn.Module, facts: RunFacts, checkpoint_path: str | Path,
         resume_state: dict | None = None, log: Callable[[str], None] = print,
-        show_progress: bool | None = None) -> FitResult:
+        bar: bool | None = None) -> FitResult:
     """Train ``cfg.epochs`` epochs with OneCycle peaking at ``facts.lr_max``; evaluate and checkpoint
     after each. ``facts`` are stored in every checkpoint. ``resume_state`` (a loaded checkpoint)
-    continues where it stopped: epochs already done are not redone.
+    continues where it stopped: epochs already done are not redone. Progress within an epoch: a
+    bar if ``bar`` (default: in a terminal), else lines through ``log``.
     """
-    show_progress = interactive() if show_progress is None else show_progress
+    bar = terminal() if bar is None else bar
     cfg, runtime = prepared.cfg, prepared.runtime
     train_loader, test_loader = prepared.train_loader, prepared.test_loader
     model = runtime.prepare_model(model)
@@ -203,7 +206,7 @@ def fit(prepared: Prepared, model: torch.nn.Module, facts: RunFacts, checkpoint_
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
         for epoch in range(start + 1, cfg.epochs + 1):
             began = time.perf_counter()
-            stats = train_epoch(trainer, train_loader, scheduler, epoch, show_progress)
+            stats = train_epoch(trainer, train_loader, scheduler, epoch, bar, log)
             test = predict(trainer.model, test_loader, runtime, criterion)
             if not math.isfinite(test.loss):  # diverged weights: keep the last good checkpoint
                 raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {len(train_loader)} "

@@ -103,7 +103,7 @@ def test_lr_find_json_of_a_curve_with_nan(tmp_path, monkeypatch, capsys):
 
 
 def test_the_weights_notes_are_strict_json(tmp_path):
-    from modular.weights import record_evaluation, record_export
+    from modular.trained.weights import record_evaluation, record_export
 
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"weights")

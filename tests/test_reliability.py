@@ -624,7 +624,27 @@ def test_cli_divergence_stops_the_run_with_a_clear_message(tree, tmp_path):
     result = run_cli(["train", "--data-dir", tree, "--output-dir", out, "--max-lr", "1e4", "--epochs", "2", *FAST])
     stderr = assert_clean_failure(result, 1, "loss became NaN/inf at epoch", "step")
     assert len(error_lines(stderr)) == 1, describe(result)
-    assert not (out / "run.json").exists()
+    # a diverged run is a result: its record says where it stopped (here in epoch 1: nothing to evaluate)
+    record = json.loads((out / "run.json").read_text())
+    assert record["stopped"]["after_epoch"] == 0 and "loss became NaN/inf at epoch 1" in record["stopped"]["reason"]
+    assert record["history"] == [] and "test_acc" not in record and record["lr_max"] == 1e4
+
+
+def test_a_run_that_diverges_after_a_finished_epoch_records_that_epoch_evaluated(tmp_path, monkeypatch):
+    def nan_loss_in_epoch_2(epoch, model, criterion):
+        if epoch == 2:
+            return lambda logits, targets: criterion(logits, targets) * float("nan")
+
+    wrap_train_epoch(monkeypatch, nan_loss_in_epoch_2)
+    cfg = Config(batch_size=32, epochs=3, max_lr=0.1, device="cpu", precision="fp32", output_dir=str(tmp_path))
+    with pytest.raises(DivergenceError, match=r"epoch 2, step 1"):
+        pipeline.run(cfg, data=synthetic_cifar10(n_train=64, n_test=20, seed=4), log=lambda *_: None)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["stopped"] == {"reason": "loss became NaN/inf at epoch 2, step 1; lower --max-lr", "after_epoch": 1}
+    assert [row["epoch"] for row in record["history"]] == [1]
+    # the last finished epoch's weights, evaluated again: the same accuracy as its own epoch row
+    assert record["test_acc"] == pytest.approx(record["history"][0]["test_acc"])
+    assert (tmp_path / "loss_accuracy.png").exists()
 
 
 def fit_small(cfg: Config, path: Path, seed: int = 4):

@@ -108,12 +108,61 @@ def test_report_with_several_runs_writes_the_seeds_section(tmp_path, capsys):
         paths[-1].write_text(json.dumps(seed_run(seed, acc)))
     assert main(["report", *map(str, paths), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert "**94.05% ± 0.35**" in text and f"report {paths[0]} {paths[1]}`" in text
+    assert "**94.05% ± 0.35**" in text and f"report {paths[0]} {paths[1]} --readme README.md`" in text
     assert "<!-- results:start -->\nold" in text  # the single-run section is left alone
     (tmp_path / "jpeg.json").write_text(json.dumps(seed_run(2, 91.0, std=[0.2452, 0.2428, 0.2606])))
     assert main(["report", *map(str, paths), str(tmp_path / "jpeg.json"), "--readme", str(readme)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "jpeg.json differs" in err and len(err.strip().splitlines()) == 1
+
+
+def variant(seed: int, acc: float, **config_changes):
+    return seed_run(seed, acc, config=config_changes)
+
+
+def test_ablations_table_reads_each_change_off_the_configs_and_marks_the_noise():
+    from modular.report import ablations_table
+
+    baseline = [seed_run(0, 94.29), seed_run(1, 94.09), seed_run(2, 94.30)]
+    sd = statistics.stdev([94.29, 94.09, 94.30])
+    adam = variant(0, 93.00, optimizer="adam")
+    plain = variant(0, 94.40, label_smoothing=0.0, logit_scale=1.0)
+    steep = variant(0, 10.00, optimizer="adam", lr_rule="steepest")
+    steep["stopped"] = {"reason": "loss became NaN/inf at epoch 3, step 7; lower --max-lr", "after_epoch": 2}
+    steep["history"] = steep["history"][:2]
+    table = ablations_table(baseline, ["s0", "s1", "s2"], [adam, plain, steep], ["adam", "plain", "steep"])
+    assert f"{statistics.mean([94.29, 94.09, 94.30]):.2f}% ± {sd:.2f}" in table
+    assert f"under {2 * 2 ** 0.5 * sd:.2f} points" in table
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    assert "-1.23 |" in rows["optimizer: sgd → adam"]                      # resolved: no noise mark
+    assert "+0.17 (within noise)" in rows["label_smoothing: 0.2 → 0.0; logit_scale: 0.125 → 1.0"]
+    assert "stopped after epoch 2: NaN loss" in rows["optimizer: sgd → adam; lr_rule: minimum → steepest"]
+
+
+@pytest.mark.parametrize("make, named", [
+    (lambda: variant(0, 93.0, optimizer="adam", batch_size=256), "batch_size"),   # two changes, one not ablated
+    (lambda: variant(0, 93.0), "another seed, not an ablation"),
+    (lambda: seed_run(0, 93.0, config={"optimizer": "adam"}, precision="fp32"), "precision"),
+    (lambda: seed_run(0, 93.0, config={"optimizer": "adam"}, std=[0.2452, 0.2428, 0.2606]), "channel std"),
+    (lambda: variant(5, 93.0, optimizer="adam"), "seed 5, which the baseline lacks"),
+])
+def test_ablations_table_refuses_a_variant_that_is_not_a_clean_ablation(make, named):
+    from modular.report import ablations_table
+
+    with pytest.raises(ReportError, match=named):
+        ablations_table([seed_run(0, 94.29), seed_run(1, 94.09)], ["s0", "s1"], [make()], ["v.json"])
+
+
+def test_report_with_ablation_flags_writes_the_ablations_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- ablations:start -->\n<!-- ablations:end -->\n<!-- seeds:start -->\n<!-- seeds:end -->\n")
+    paths = []
+    for name, record in (("s0", seed_run(0, 94.29)), ("s1", seed_run(1, 94.09)), ("adam", variant(0, 93.0, optimizer="adam"))):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(record))
+    assert main(["report", str(paths[0]), str(paths[1]), "--ablation", str(paths[2]), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert f"report {paths[0]} {paths[1]} --ablation {paths[2]}`" in text and "| optimizer: sgd → adam | 0 |" in text
 
 
 def test_a_record_resumed_in_another_setting_is_refused(tmp_path):

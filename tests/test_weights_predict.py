@@ -15,9 +15,9 @@ from PIL import Image
 from custom_resnet import CustomResNet
 from modular.checkpoint import load_checkpoint, save_atomic
 from modular.config import CIFAR10_CLASSES
-from modular.predict import predict_files
+from modular.trained.predict import predict_files
+from modular.trained.weights import FORMAT, WeightsError, export_weights, load_weights, sha256
 from modular.transforms import test_transforms as make_test_transforms
-from modular.weights import FORMAT, WeightsError, export_weights, load_weights, sha256
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_predict_prints_top3_per_image_and_one_line_per_bad_file(exported, image
     assert [line.split(":", 1)[0] for line in lines] == [str(small), str(big)]
     for line in lines:
         assert len(line.split(": ", 1)[1].split(", ")) == 3 and line.count("%") == 3
-    assert "resized" not in lines[0] and lines[1].endswith("(resized from 160x96 to 32x32)")
+    assert "resized" not in lines[0] and lines[1].endswith("(centre-cropped from 160x96 to 96x96; resized from 96x96 to 32x32)")
     errors = err.strip().splitlines()
     assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
     assert str(broken) in errors[0] and "not a readable image" in errors[0]

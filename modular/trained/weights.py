@@ -12,11 +12,13 @@ from pathlib import Path
 import torch
 
 from custom_resnet import CustomResNet
-from modular.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_atomic
+from modular.checkpoint import WEIGHTS_FORMAT, CheckpointError, load_checkpoint, load_model_state, save_atomic
+from modular.config import CIFAR10_CLASSES, SHIPPED_WEIGHTS, Config
 from modular.jsonio import write_record
 
-FORMAT = "era-s10-weights/1"
-SHIPPED = Path(__file__).resolve().parents[1] / "results" / "custom_resnet_cifar10.pt"
+FORMAT = WEIGHTS_FORMAT
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / SHIPPED_WEIGHTS
 
 
 class WeightsError(RuntimeError):
@@ -41,12 +43,34 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def export_weights(checkpoint: str | os.PathLike, destination: str | os.PathLike, classes: list[str]) -> dict:
+def check_own_run(state: dict, checkpoint: str | os.PathLike, record: dict, record_path: str | os.PathLike) -> None:
+    """WeightsError unless ``state`` (the checkpoint at ``checkpoint``) is the final epoch of the run that
+    ``record`` describes: the same configuration and seed (where and how fast it ran aside), the
+    record's last epoch, and the same epoch history (another run of one configuration has its own)."""
+    differences = Config.from_dict(record["config"]).differences(Config.from_dict(state["config"]))
+    if differences:
+        reason = f"another configuration ({'; '.join(differences[:3])})"
+    elif int(state["epoch"]) != len(record["history"]):
+        reason = f"epoch {state['epoch']}, while the run ended at epoch {len(record['history'])}"
+    elif state["history"] != record["history"]:
+        reason = "another run of the same configuration (its epoch history differs)"
+    else:
+        return
+    raise WeightsError(f"{checkpoint} is not the final checkpoint of the run {record_path} describes: {reason}; "
+                       f"export it without --record, or with that run's own record (its run.json)")
+
+
+def export_weights(checkpoint: str | os.PathLike, destination: str | os.PathLike, classes: list[str],
+                   record_path: str | os.PathLike | None = None) -> dict:
     """Write the checkpoint's weights in fp16 with mean, std, classes and logit scale to ``destination``;
-    returns what a run record keeps about the file (name, sha256, epoch, source checkpoint)."""
+    returns what a run record keeps about the file (name, sha256, epoch, source checkpoint).
+    ``record_path``: the run record the file will be noted in; checked (``check_own_run``) before
+    anything is written."""
     state = load_checkpoint(checkpoint)
     if "mean" not in state or "std" not in state:
         raise CheckpointError(f"{checkpoint} lacks the run's mean and std; export the checkpoint of a full run")
+    if record_path is not None:
+        check_own_run(state, checkpoint, json.loads(Path(record_path).read_text()), record_path)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     save_atomic({"format": FORMAT, "state_dict": half, "mean": list(state["mean"]), "std": list(state["std"]),
                      "classes": list(classes), "logit_scale": state["config"]["logit_scale"], "epoch": state["epoch"]},
@@ -55,16 +79,25 @@ def export_weights(checkpoint: str | os.PathLike, destination: str | os.PathLike
             "epoch": int(state["epoch"]), "exported_from": str(checkpoint)}
 
 
+def restore_hint(path: str | os.PathLike) -> str:
+    """How to get a missing or damaged weights file back: the shipped one from git, any other by exporting again."""
+    if Path(path).resolve() == SHIPPED:
+        return f"it comes with the repository: restore it with git checkout -- {SHIPPED_WEIGHTS} (in the repository's folder)"
+    return f"export it again: python -m modular export-weights --checkpoint <run folder>/checkpoint.pt --output {path}"
+
+
 def load_weights(path: str | os.PathLike = SHIPPED) -> TrainedModel:
     """The model stored at ``path`` (fp16 on disk, fp32 in memory), ready for inference."""
     path = Path(path)
+    if not path.is_file() and path.resolve() == SHIPPED:
+        raise WeightsError(f"no weights file at {path}; {restore_hint(path)}")
     if not path.is_file():
         raise WeightsError(f"no weights file at {path}; pass --weights with the path of one "
-                           "(the repository ships results/custom_resnet_cifar10.pt)")
+                           f"(the repository ships {SHIPPED_WEIGHTS})")
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, corrupt, not a torch file
-        raise WeightsError(f"cannot read weights file {path} ({type(error).__name__}); download it again") from None
+        raise WeightsError(f"cannot read weights file {path} ({type(error).__name__}); {restore_hint(path)}") from None
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
         raise WeightsError(f"{path} is not a weights file of this project (for a training checkpoint use --checkpoint)")
     model = CustomResNet(num_classes=len(stored["classes"]), logit_scale=stored["logit_scale"])
@@ -74,6 +107,16 @@ def load_weights(path: str | os.PathLike = SHIPPED) -> TrainedModel:
         raise WeightsError(str(error)) from None
     return TrainedModel(model.float().eval(), tuple(stored["mean"]), tuple(stored["std"]), tuple(stored["classes"]),
                         str(path))
+
+
+def load_checkpoint_model(path: str | os.PathLike) -> TrainedModel:
+    """The model of a training checkpoint (a run of one's own), as ``load_weights`` gives a weights file."""
+    state = load_checkpoint(path)
+    if "mean" not in state or "std" not in state:
+        raise CheckpointError(f"{path} lacks the run's mean and std (written by an older version); train again")
+    model = CustomResNet(logit_scale=Config.from_dict(state["config"]).logit_scale)
+    load_model_state(model, state, path)
+    return TrainedModel(model.float().eval(), tuple(state["mean"]), tuple(state["std"]), CIFAR10_CLASSES, str(path))
 
 
 def record_export(record_path: str | os.PathLike, exported: dict) -> None:

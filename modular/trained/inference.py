@@ -14,10 +14,10 @@ from modular.checkpoint import load_checkpoint, load_model_state
 from modular.config import Config
 from modular.device import fp32_cpu_copy
 from modular.evaluate import gallery_sample, misclassified, predict
-from modular.gradcam import gradcam_pair
 from modular.prepare import Prepared, new_model, prepare
 from modular.train import build_criterion
-from modular.weights import load_weights
+from modular.trained.gradcam import gradcam_pair
+from modular.trained.weights import load_weights
 
 
 @dataclass

@@ -1,0 +1,74 @@
+"""Progress of the long loops (range test, training epochs, evaluation) where the user looks: a live
+bar in a terminal; elsewhere (a log file, a pipe, a notebook's output) one line every few percent,
+because a bar redrawn in place shows nothing there until it ends."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+EVERY_PERCENT = 10.0   # a line for each further 10% of the work, once MIN_SECONDS have passed since the last...
+MIN_SECONDS = 10.0     # (so a fast GPU loop does not print ten lines in two seconds)
+MAX_SECONDS = 30.0     # ...and a line whenever this long has passed without one, however small the step
+
+
+def terminal() -> bool:
+    """A live bar only where it is redrawn before someone's eyes: stderr is a terminal."""
+    return sys.stderr.isatty()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+@dataclass
+class ProgressLines:
+    """Lines like ``LR range test: 40/100 steps (40%), 2.1 min so far, about 3.2 min left``, when due
+    (EVERY_PERCENT, MIN_SECONDS, MAX_SECONDS)."""
+    what: str
+    total: int
+    unit: str = "steps"
+    log: Callable[[str], None] = print
+    note: str = ""  # appended to the next lines (e.g. the running loss), set by the caller
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(init=False)
+    _last_time: float = field(init=False)
+    _last_percent: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self._last_time = self.clock()
+
+    def update(self, done: int) -> None:
+        """``done`` of ``total`` finished: print a line if one is due (never for the last: the caller's
+        result follows it)."""
+        if done >= self.total or done < 1:
+            return
+        now = self.clock()
+        percent = 100.0 * done / self.total
+        since = now - self._last_time
+        due = since >= MAX_SECONDS or (percent >= self._last_percent + EVERY_PERCENT and since >= MIN_SECONDS)
+        if not due:
+            return
+        elapsed = now - self.started
+        left = elapsed / done * (self.total - done)
+        note = f", {self.note}" if self.note else ""
+        self.log(f"{self.what}: {done}/{self.total} {self.unit} ({percent:.0f}%), {_duration(elapsed)} so far, "
+                 f"about {_duration(left)} left{note}")
+        self._last_time, self._last_percent = now, percent
+
+
+def track(iterable: Iterable, what: str, total: int, unit: str = "steps", log: Callable[[str], None] = print,
+          bar: bool | None = None) -> Iterator:
+    """Yield the items of ``iterable`` while showing progress: a tqdm bar if ``bar`` (default: in a
+    terminal), else ProgressLines through ``log``. An item counts as done when the next is asked for."""
+    if terminal() if bar is None else bar:
+        from tqdm import tqdm
+
+        yield from tqdm(iterable, desc=what, total=total, leave=False, dynamic_ncols=True)
+        return
+    lines = ProgressLines(what, total, unit, log)
+    for done, item in enumerate(iterable):
+        lines.update(done)
+        yield item

@@ -1,0 +1,126 @@
+"""What a reader without our machines sees: README.md and the committed notebook (sources and saved
+outputs) name no absolute local path, their titles state what was measured, the README's generated
+sections are what ``report`` writes from the records they name, and every figure in images/ is shown."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+from modular.report import render_sections
+
+README = ROOT / "README.md"
+NOTEBOOK = ROOT / "era_s10_cifar.ipynb"
+# An absolute path on some machine: a home folder (~/), a system folder, a Windows drive. Colab's Drive
+# mount is allowed (the notebook tells Colab users to write it), and so is Colab's folder named bare.
+LOCAL_PATH = re.compile(r"(?<![\w.~])(~/|/(?:home|root|tmp|work|Users|opt|usr|var|mnt|srv|scratch|content)/|[A-Za-z]:\\)")
+ALLOWED = re.compile(r"/content/drive\b")
+
+
+def local_paths(text: str) -> list[str]:
+    """The absolute local paths in ``text`` (a few characters of each), Colab's Drive mount aside."""
+    return [text[m.start():m.start() + 40].split("\n")[0] for m in LOCAL_PATH.finditer(text)
+            if not ALLOWED.match(text, m.start())]
+
+
+def output_texts(cell: dict) -> list[str]:
+    """The text of every output of a code cell: streams, text MIME types, tracebacks."""
+    found = []
+    for output in cell.get("outputs", []):
+        if output["output_type"] == "stream":
+            found.append("".join(output["text"]))
+        for mime, value in output.get("data", {}).items():
+            if mime.startswith("text/"):
+                found.append("".join(value) if isinstance(value, list) else value)
+        if output["output_type"] == "error":
+            found.append("\n".join(output.get("traceback", [])))
+    return found
+
+
+def documents() -> dict[str, str]:
+    """Where -> text: the README, and each notebook cell's source and outputs."""
+    texts = {"README.md": README.read_text()}
+    for number, cell in enumerate(json.loads(NOTEBOOK.read_text())["cells"], start=1):
+        texts[f"notebook cell {number} source"] = "".join(cell["source"])
+        for i, text in enumerate(output_texts(cell)):
+            texts[f"notebook cell {number} output {i + 1}"] = text
+    return texts
+
+
+def test_no_absolute_local_path_in_the_readme_or_the_notebook():
+    found = {where: paths for where, text in documents().items() if (paths := local_paths(text))}
+    assert not found, "absolute local paths:\n" + "\n".join(f"{w}: {p}" for w, p in found.items())
+
+
+@pytest.mark.parametrize("text, paths", [
+    ("on /tmp/cifar10-official.", ["/tmp/cifar10-official."]),
+    ("--output-dir ~/runs/seed0", ["~/runs/seed0"]),
+    ("record: /root/runs/seed0/run.json", ["/root/runs/seed0/run.json"]),
+    ("in /home/me/data and C:\\data", ["/home/me/data and C:\\data", "C:\\data"]),
+    ("cd /content/era_s10_cifar", ["/content/era_s10_cifar"]),
+    ('drive.mount("/content/drive"); "/content/drive/MyDrive/run"', []),
+    ("runs/seed0/run.json, data/cifar10-official, ./data, 1/4 of 2.5 h, https://x.org/tmp/a", []),
+])
+def test_the_scan_finds_local_paths_and_nothing_else(text, paths):
+    assert local_paths(text) == [p[:40] for p in paths]
+
+
+def test_the_scan_reads_every_kind_of_output():
+    cell = {"outputs": [{"output_type": "stream", "name": "stderr", "text": ["/work/venv/x.py:5: Warning\n"]},
+                        {"output_type": "execute_result", "data": {"text/plain": "/tmp/a/b"}},
+                        {"output_type": "error", "traceback": ["/home/x/y.py"]}]}
+    assert [local_paths(t) != [] for t in output_texts(cell)] == [True, True, True]
+
+
+def seeds_lead() -> str:
+    """The Seeds section's "**mean% ± sd**"."""
+    return re.search(r"<!-- seeds:start -->.*?(\*\*[\d.]+% ± [\d.]+\*\*)", README.read_text(), re.S).group(1).strip("*")
+
+
+def test_the_titles_state_the_measured_accuracy():
+    measured = seeds_lead()
+    readme_title = README.read_text().splitlines()[0]
+    notebook_title = "".join(json.loads(NOTEBOOK.read_text())["cells"][0]["source"]).splitlines()[0]
+    for title in (readme_title, notebook_title):
+        assert title.startswith("# ") and measured in title and "90%+" not in title, title
+
+
+def generated_sections(text: str) -> dict[str, tuple[list[str], str]]:
+    """Section name -> (the record paths its note names, its Markdown) for every generated README section."""
+    found = {}
+    for name, paths, body in re.findall(r"<!-- (\w+):start -->\n<!-- written by `python -m modular report ([^`]+?) "
+                                        r"--readme README\.md`; do not edit by hand -->\n(.*?)\n<!-- \1:end -->", text, re.S):
+        found[name] = (paths.split(), body)
+    return found
+
+
+def test_every_generated_section_is_what_report_writes_from_its_records():
+    sections = generated_sections(README.read_text())
+    assert set(sections) >= {"results", "seeds", "performance"}
+    for name, (paths, body) in sections.items():
+        source, table = render_sections([ROOT / p for p in paths])[name]
+        assert body == table, f"the README's {name} section differs from `report {' '.join(paths)}`"
+
+
+def test_every_figure_in_images_is_shown_in_the_readme():
+    text = README.read_text()
+    missing = [p.name for p in sorted((ROOT / "images").glob("*.png")) if f"(images/{p.name})" not in text]
+    assert not missing, missing
+
+
+def test_the_readme_tells_cpu_users_how_to_skip_the_cuda_build():
+    assert "--index-url https://download.pytorch.org/whl/cpu" in README.read_text()
+
+
+def test_the_many_runs_section_names_one_output_dir_per_run_and_the_resume_path():
+    section = README.read_text().split("## Many runs", 1)[1].split("\n## ", 1)[0]
+    for needed in ("--output-dir runs/seed$SLURM_ARRAY_TASK_ID", "--resume", "143", "SIGTERM", "python -m modular report"):
+        assert needed in section, needed
+
+
+def test_the_test_samples_figure_is_committed():
+    assert Path(ROOT / "images" / "test_samples.png").is_file()

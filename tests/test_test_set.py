@@ -1,0 +1,205 @@
+"""Records say which test set their indices point into: the same images in another order (classes
+interleaved as in torchvision's batches, or permuted within a class in an image tree) are refused by
+``gradcam --record`` and ``evaluate --record`` with one line naming --data-dir; the matching order draws
+the images whose labels the figure prints; a record without an identity is checked as far as it can be."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import cli_main, shared_run
+from writers import write_tar_gz, write_torchvision_batches
+
+from custom_resnet import CustomResNet
+from modular.checkpoint import save_atomic
+from modular.config import Config
+from modular.data import load_cifar10, synthetic_cifar10, write_image_tree
+from modular.prepare import prepare
+from modular.testset import TestSetError, TestSetIdentity, check_test_set, stamp_record
+from modular.trained.inference import gradcam_figure
+from modular.trained.weights import FORMAT, sha256
+
+WRONG = [3, 14, 25]  # test indices the record says were misclassified: one image each of classes 1, 4, 8
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """The same 30 test images (3 per class) three ways: the class-sorted tree the record ran on,
+    torchvision batches with the classes interleaved, and a tree whose files are named in another
+    order within each class."""
+    root = tmp_path_factory.mktemp("orders")
+    data = synthetic_cifar10(n_train=40, n_test=30, seed=3)
+    sorted_tree = write_image_tree(data, root / "sorted")
+    position = np.arange(30)
+    order = (position % 10) * 3 + position // 10  # the first of every class, then the second of every class, ...
+    mixed = replace(data, test_images=data.test_images[order], test_labels=data.test_labels[order])
+    batches = write_torchvision_batches(mixed, root / "batches")
+    permuted = Path(shutil.copytree(sorted_tree, root / "permuted"))
+    for folder in (permuted / "test").iterdir():  # 0000 <-> 0002 in every class: same labels, other images
+        first, last = folder / "0000.png", folder / "0002.png"
+        first.rename(folder / "swap.png")
+        last.rename(first)
+        (folder / "swap.png").rename(last)
+    return {"sorted": sorted_tree, "interleaved": batches, "permuted": permuted}
+
+
+@pytest.fixture(scope="module")
+def record(sources):
+    data = load_cifar10(sources["sorted"])
+    wrong = [{"index": i, "predicted": (int(data.test_labels[i]) + 1) % 10, "actual": int(data.test_labels[i])}
+             for i in WRONG]
+    return {"data_source": "runs/cifar10-sorted", "test_images": 30, "test_set": TestSetIdentity.of(data).to_dict(),
+            "misclassified": wrong, "confusion_matrix": [[3 if i == j else 0 for j in range(10)] for i in range(10)]}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, sources):
+    """An untrained model as a weights file (what is drawn does not depend on what it learnt)."""
+    model = CustomResNet(logit_scale=0.125)
+    data = load_cifar10(sources["sorted"])
+    path = tmp_path_factory.mktemp("weights") / "w.pt"
+    save_atomic({"format": FORMAT, "state_dict": {k: v.half() if v.is_floating_point() else v
+                                                  for k, v in model.state_dict().items()},
+                 "mean": [0.5] * 3, "std": [0.25] * 3, "classes": list(data.classes), "logit_scale": 0.125, "epoch": 1},
+                path)
+    return path
+
+
+def test_the_three_orders_hold_the_same_images_but_not_the_same_identity(sources, cifar10_no_md5):
+    loaded = {name: load_cifar10(path) for name, path in sources.items()}
+    identities = {name: TestSetIdentity.of(data) for name, data in loaded.items()}
+    assert len({i.sha256 for i in identities.values()}) == 3
+    assert identities["sorted"].kind == "image tree" and identities["interleaved"].kind == "torchvision batches"
+    rows = {name: sorted(map(bytes, data.test_images)) for name, data in loaded.items()}
+    assert rows["sorted"] == rows["interleaved"] == rows["permuted"]  # the same 30 images
+    # labels alone would not tell the permuted tree apart: that is why the pixels are hashed
+    assert np.array_equal(loaded["permuted"].test_labels, loaded["sorted"].test_labels)
+
+
+def test_the_identity_depends_on_order_and_pixels_not_on_the_container(sources, tmp_path):
+    data = load_cifar10(sources["sorted"])
+    archived = load_cifar10(write_tar_gz(sources["sorted"], tmp_path / "tree.tar.gz"))
+    assert TestSetIdentity.of(archived).sha256 == TestSetIdentity.of(data).sha256
+    assert TestSetIdentity.of(archived).kind == "image tree in a .tar.gz"
+    changed = data.test_images.copy()
+    changed[7, 0, 0, 0] ^= 1
+    assert TestSetIdentity.of(replace(data, test_images=changed)).sha256 != TestSetIdentity.of(data).sha256
+
+
+@pytest.mark.parametrize("order", ["interleaved", "permuted"])
+@pytest.mark.parametrize("command", ["gradcam", "evaluate"])
+def test_a_record_on_another_order_is_refused_with_one_line(order, command, sources, record, weights, tmp_path,
+                                                             capsys, cifar10_no_md5):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({**record, "weights": {"file": weights.name, "sha256": sha256(weights)}}))
+    args = [command, "--weights", weights, "--data-dir", sources[order], "--record", path]
+    code, out, err = cli_main(args + (["--output", tmp_path / "g.png"] if command == "gradcam" else []), capsys)
+    assert code == 1 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: {path} ran on another test set") and "pass --data-dir" in line
+    assert "runs/cifar10-sorted" in line   # the data the record names
+    assert not (tmp_path / "g.png").exists() and "evaluated" not in json.loads(path.read_text())["weights"]
+
+
+def test_the_matching_order_is_accepted_by_both_commands(sources, record, weights, tmp_path, capsys):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({**record, "weights": {"file": weights.name, "sha256": sha256(weights)}}))
+    code, out, err = cli_main(["gradcam", "--weights", weights, "--data-dir", sources["sorted"], "--record", path,
+                               "--output", tmp_path / "g.png"], capsys)
+    assert code == 0 and err == "" and (tmp_path / "g.png").exists()
+    code, out, err = cli_main(["evaluate", "--weights", weights, "--data-dir", sources["sorted"], "--record", path], capsys)
+    assert code == 0 and err == "" and "evaluated" in json.loads(path.read_text())["weights"]
+
+
+def drawn(figure) -> list[tuple[np.ndarray, str]]:
+    """(the image drawn, the true class printed) for every image of a Grad-CAM figure, in order."""
+    axes = [ax for ax in figure.axes if ax.get_title()]
+    shown = []
+    for i, ax in enumerate(axes):
+        if ax.get_title().startswith("image "):
+            shown.append((np.asarray(ax.get_images()[0].get_array()), axes[i + 2].get_title().removeprefix("true: ")))
+    return shown
+
+
+def test_the_matching_order_draws_the_images_whose_labels_the_figure_prints(sources, record):
+    cfg = Config(data_dir=str(sources["sorted"]), device="cpu", precision="fp32", batch_size=16)
+    prepared = prepare(cfg, mean=(0.5,) * 3, std=(0.25,) * 3)
+    check_test_set(record, "run.json", prepared.data)
+    shown = drawn(gradcam_figure(CustomResNet(logit_scale=0.125).eval(), prepared, record))
+    assert len(shown) == len(WRONG)
+    for (image, printed), index in zip(shown, WRONG):
+        assert np.array_equal(image, prepared.data.test_images[index])
+        assert printed == prepared.data.classes[prepared.data.test_labels[index]]
+
+
+def test_the_permuted_tree_would_draw_other_images_under_the_same_labels(sources, record):
+    """What the check prevents: same labels at the record's indices, other pictures."""
+    right, permuted = load_cifar10(sources["sorted"]), load_cifar10(sources["permuted"])
+    index = next(i for i in WRONG if i % 3 != 1)  # 0000 and 0002 swapped: the first or last of a class
+    assert permuted.test_labels[index] == right.test_labels[index]
+    assert not np.array_equal(permuted.test_images[index], right.test_images[index])
+    with pytest.raises(TestSetError, match="ran on another test set"):
+        check_test_set(record, "run.json", permuted)
+
+
+def test_a_record_without_an_identity_is_checked_as_far_as_it_can_be(sources, record, weights, tmp_path, capsys,
+                                                                    cifar10_no_md5):
+    old = {k: v for k, v in record.items() if k != "test_set"}
+    note = check_test_set(old, "old.json", load_cifar10(sources["sorted"]))
+    assert "predates test-set identities" in note and "labels at its misclassified indices" in note
+    with pytest.raises(TestSetError, match="test image 3 is not of class 'automobile'"):
+        check_test_set(old, "old.json", load_cifar10(sources["interleaved"]))   # labels moved: caught
+    with pytest.raises(TestSetError, match="it had 31 test images"):
+        check_test_set({**old, "test_images": 31}, "old.json", load_cifar10(sources["sorted"]))
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    code, out, err = cli_main(["gradcam", "--weights", weights, "--data-dir", sources["sorted"], "--record", path,
+                               "--output", tmp_path / "g.png"], capsys)
+    assert code == 0 and err.startswith("note: ") and "predates test-set identities" in err, err
+
+
+def test_stamping_checks_the_record_and_inserts_the_identity_after_test_images(sources, record, tmp_path, capsys,
+                                                                              cifar10_no_md5):
+    old = {"data_source": "x", "train_images": 40, "test_images": 30, "classes": ["..."],
+           **{k: v for k, v in record.items() if k not in ("test_set", "data_source", "test_images")}}
+    path = tmp_path / "old.json"
+    text = json.dumps(old, indent=1)
+    path.write_text(text)
+    code, out, err = cli_main(["test-set", "--data-dir", sources["sorted"], path], capsys)
+    assert code == 0, err
+    stamped = path.read_text()
+    assert list(json.loads(stamped)) == ["data_source", "train_images", "test_images", "test_set", "classes",
+                                         "misclassified", "confusion_matrix"]
+    assert json.loads(stamped)["test_set"] == record["test_set"]
+    assert stamped.replace(json.dumps({"test_set": record["test_set"]}, indent=1)[2:-2] + ",\n", "") == text
+    assert cli_main(["test-set", "--data-dir", sources["sorted"], path], capsys)[0] == 0   # again: unchanged
+    assert path.read_text() == stamped
+    for other in ("interleaved", "permuted"):
+        code, out, err = cli_main(["test-set", "--data-dir", sources[other], path], capsys)
+        assert code == 1 and "already names another test set" in err and path.read_text() == stamped
+    path.write_text(text)
+    code, out, err = cli_main(["test-set", "--data-dir", sources["interleaved"], path], capsys)
+    assert code == 1 and "did not run on this test set" in err and path.read_text() == text
+    skewed = {**old, "confusion_matrix": [[4 if i == j else 0 for j in range(10)] for i in range(10)]}
+    path.write_text(json.dumps(skewed))
+    with pytest.raises(TestSetError, match="images per class"):
+        stamp_record(path, load_cifar10(sources["sorted"]))
+
+
+def test_a_runs_record_holds_its_test_sets_identity(tmp_path_factory):
+    run = shared_run(tmp_path_factory)
+    assert run.record["test_set"] == TestSetIdentity.of(load_cifar10(run.tree)).to_dict()
+    assert list(run.record).index("test_set") == list(run.record).index("test_images") + 1
+
+
+def test_the_committed_official_records_name_the_class_sorted_tree():
+    root = Path(__file__).resolve().parents[1] / "results"
+    identities = {json.dumps(json.loads((root / f"{name}.json").read_text())["test_set"], sort_keys=True)
+                  for name in ("headline", "official-seed1", "official-seed2")}
+    assert len(identities) == 1 and json.loads(identities.pop())["kind"] == "image tree"
+    assert "test_set" not in json.loads((root / "jpeg-seed0.json").read_text())  # another data set, not available
