@@ -1,5 +1,5 @@
 """Command line: ``python -m modular {train,lr-find,evaluate,predict,gradcam,export-weights,stats,bench,report,
-app,app-samples,app-latency,test-set}``.
+app,app-samples,app-latency,test-set,lr-seeds}``.
 
 Flags follow torchvision's reference scripts. Known failures end in one line on stderr:
 exit 2 for bad arguments or configuration, 1 for data, checkpoint or training problems,
@@ -202,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeatable; default: none)")
     report.add_argument("--readme", help="write the tables into this file's marked sections, e.g. README.md "
                         "(default: print them, write nothing)")
+
+    seeds = commands.add_parser("lr-seeds", help="several seeds' LR range tests: each one's picks, their spread, one figure")
+    seeds.add_argument("records", nargs="+", help="lr_find.json files (lr-find --seed N) and/or run records whose range "
+                       "test is under lr_find (results/headline.json), of one configuration")
+    seeds.add_argument("--output", default="runs/lr-seeds/lr-find-seeds.json",
+                       help="the gathered record, e.g. results/lr-find-seeds.json")
+    seeds.add_argument("--figure", default="runs/lr-seeds/lr_find_seeds.png", help="the figure, e.g. images/lr_find_seeds.png")
     parser.formatter_class = ShowDefaults
     for sub in commands.choices.values():  # configuration errors print the subcommand's usage
         sub.set_defaults(command_parser=sub)
@@ -432,10 +439,25 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_lr_seeds(args) -> int:
+    from modular import plots
+    from modular.jsonio import write_record
+    from modular.lr_seeds import format_seeds, gather
+
+    gathered = gather(args.records)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    write_record(args.output, gathered)
+    figure = plots.save_figure(plots.plot_lr_seeds(gathered["seeds"], gathered["spread"], gathered["rule"] or ""),
+                               args.figure)
+    print(f"{format_seeds(gathered)}\nrecord: {args.output}; figure: {figure}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from modular.checkpoint import CheckpointError
     from modular.data import DataError
     from modular.lr_finder import LRFinderError
+    from modular.lr_seeds import LRSeedsError
     from modular.pipeline import OutputDirError
     from modular.report import ReportError
     from modular.testset import TestSetError
@@ -457,12 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"evaluate": cmd_evaluate, "predict": cmd_predict, "gradcam": cmd_gradcam,
                     "export-weights": cmd_export_weights, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report,
                     "test-set": cmd_test_set, "app-samples": cmd_app_samples, "app": cmd_app,
-                    "app-latency": cmd_app_latency}
+                    "app-latency": cmd_app_latency, "lr-seeds": cmd_lr_seeds}
         return commands[args.command](args)
     except ConfigError as error:
         args.command_parser.error(str(error))  # exit 2, like any other bad argument
     except (DataError, CheckpointError, OutputDirError, LRFinderError, DivergenceError, ReportError, WeightsError,
-            ImageError, TestSetError, SampleError, AppSetupError) as error:
+            ImageError, TestSetError, SampleError, AppSetupError, LRSeedsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except FileNotFoundError as error:

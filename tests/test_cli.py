@@ -11,7 +11,7 @@ from helpers import FAST, SHARED_N_TEST, SHARED_N_TRAIN, cli_main, describe, run
 
 from modular.config import CIFAR10_CLASSES
 
-SUBCOMMANDS = ["train", "lr-find", "evaluate", "stats", "bench", "report"]
+SUBCOMMANDS = ["train", "lr-find", "evaluate", "stats", "bench", "report", "lr-seeds"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,0 +1,130 @@
+"""Several seeds' LR range tests side by side (``python -m modular lr-seeds``): each seed's picks (LRMAX,
+the LR where the loss diverged, torch-lr-finder's steepest-descent suggestion) with the precision and
+hardware it ran on, and their spread. Inputs are range-test records (lr_find.json, written by
+``lr-find``) or run records (run.json, whose range test is under "lr_find"), of one configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from modular.config import Config
+from modular.jsonio import portable
+from modular.lr_finder import choose_lr_max
+
+PICKS = ("lr_max", "diverged_lr", "steepest_lr")
+# Besides the seed, the precision may differ (bf16 on one machine, fp32 on another): it is shown per
+# seed, not refused. Where and how fast (config.RUNTIME_FIELDS) may differ too.
+MAY_DIFFER = ("seed", "precision")
+
+
+class LRSeedsError(RuntimeError):
+    """The inputs cannot be gathered; the message names the file and says why."""
+
+
+@dataclass(frozen=True)
+class SeedTest:
+    """One seed's range test, as read from its record."""
+    source: str             # the file, as given
+    seed: int
+    precision: str          # what the range test ran in (a resumed run's first part)
+    device: str
+    hardware: str
+    config: Config
+    train_images: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    found: dict             # the range test: lrs, losses (smoothed), lr_max, diverged_lr, steepest_lr, rule, ...
+
+    def picks(self) -> dict:
+        """LRMAX, the divergence LR and the steepest suggestion. Records made before the divergence LR
+        was kept get it from their curve, read by the rule that picked their LRMAX."""
+        picks = {key: self.found.get(key) for key in PICKS}
+        if "diverged_lr" not in self.found:
+            stopped = len(self.found["lrs"]) < self.config.lr_find_iters
+            picks["diverged_lr"] = choose_lr_max(self.found["lrs"], self.found["losses"], stopped,
+                                                 self.config.lr_rule).diverged_lr
+        return picks
+
+
+def load_seed_test(path: str | Path) -> SeedTest:
+    """A range test from an lr_find.json or a run record; LRSeedsError if ``path`` holds none."""
+    try:
+        record = json.loads(Path(path).read_text())
+        found = record.get("lr_find") if isinstance(record, dict) else None
+        if not found:
+            raise LRSeedsError(f"{path} holds no LR range test (a run trained with --max-lr, or not a record of "
+                               "this project); give lr_find.json files or run records of runs that ran the test")
+        first = (record.get("ran_on") or [record])[0]  # the range test ran in a run's first part
+        return SeedTest(str(path), int(record["seed"]), first["precision"], first["device"], first["hardware"],
+                        Config.from_dict(record["config"]), int(record["train_images"]), tuple(record["mean"]),
+                        tuple(record["std"]), found)
+    except OSError as error:
+        raise LRSeedsError(f"cannot read {path} ({error.strerror or error})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise LRSeedsError(f"{path} is not a range-test or run record of this project ({error!r})") from None
+
+
+def check_one_configuration(tests: list[SeedTest]) -> None:
+    """LRSeedsError unless the tests differ in the seed (and precision) alone: same configuration, same
+    data (image count and channel statistics), no seed twice."""
+    if len(tests) < 2:
+        raise LRSeedsError("give the range tests of at least two seeds")
+    first = tests[0]
+    for test in tests[1:]:
+        differences = [d for d in first.config.differences(test.config) if d.split(":", 1)[0] not in MAY_DIFFER]
+        if test.train_images != first.train_images:
+            differences.append(f"training images: {first.train_images} != {test.train_images}")
+        for name in ("mean", "std"):
+            mine, theirs = [round(x, 4) for x in getattr(first, name)], [round(x, 4) for x in getattr(test, name)]
+            if mine != theirs:
+                differences.append(f"data: channel {name} {mine} != {theirs}")
+        if differences:
+            raise LRSeedsError(f"{test.source} differs from {first.source} in more than the seed "
+                               f"({'; '.join(differences[:3])}); gather range tests of one configuration on one data set")
+    seeds = [t.seed for t in tests]
+    if len(set(seeds)) != len(seeds):
+        raise LRSeedsError(f"seed {max(seeds, key=seeds.count)} appears twice among {', '.join(t.source for t in tests)}")
+
+
+def spread(values: list[float | None]) -> dict:
+    """n, min, max, max/min and geometric mean of the values given (None: not available for that seed)."""
+    given = [v for v in values if v is not None]
+    if not given:
+        return {"n": 0, "min": None, "max": None, "ratio": None, "geometric_mean": None}
+    return {"n": len(given), "min": min(given), "max": max(given), "ratio": max(given) / min(given),
+            "geometric_mean": math.exp(statistics.fmean(math.log(v) for v in given))}
+
+
+def gather(paths: list[str | Path]) -> dict:
+    """The lr-find-seeds record: the common configuration, each seed's picks, precision, hardware and
+    curve (the LRs and the smoothed loss the rule reads), and the spread of each pick over the seeds."""
+    tests = [load_seed_test(p) for p in paths]
+    check_one_configuration(tests)
+    tests.sort(key=lambda t: t.seed)
+    seeds = [{"seed": t.seed, "source": portable(t.source), "precision": t.precision, "device": t.device, "hardware": t.hardware,
+              **t.picks(), "lrs": t.found["lrs"], "losses": t.found["losses"]} for t in tests]
+    config = {k: v for k, v in tests[0].config.to_dict().items() if k not in MAY_DIFFER}
+    return {"config": config, "rule": tests[0].found.get("rule"), "train_images": tests[0].train_images,
+            "mean": list(tests[0].mean), "std": list(tests[0].std), "seeds": seeds,
+            "spread": {key: spread([s[key] for s in seeds]) for key in PICKS}}
+
+
+def format_seeds(gathered: dict) -> str:
+    """A short table for the terminal: one line per seed, then the spread of each pick."""
+    def lr(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    lines = [f"{'seed':>4}  {'precision':<9}  {'LRMAX':>8}  {'diverged':>8}  {'steepest':>8}  hardware"]
+    lines += [f"{s['seed']:>4}  {s['precision']:<9}  {lr(s['lr_max']):>8}  {lr(s['diverged_lr']):>8}  "
+              f"{lr(s['steepest_lr']):>8}  {s['hardware']}" for s in gathered["seeds"]]
+    for key, name in zip(PICKS, ("LRMAX", "divergence LR", "steepest suggestion")):
+        s = gathered["spread"][key]
+        if s["n"]:
+            lines.append(f"{name}: min {lr(s['min'])}, max {lr(s['max'])} ({s['ratio']:.2f}x), "
+                         f"geometric mean {lr(s['geometric_mean'])} over {s['n']} seeds")
+    return "\n".join(lines)
