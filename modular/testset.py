@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from modular.data import CifarData
+from modular.jsonio import write_record
 
 
 class TestSetError(RuntimeError):
@@ -102,5 +103,5 @@ def stamp_record(path: str | os.PathLike, data: CifarData) -> TestSetIdentity:
         if key == "test_images":
             stamped["test_set"] = here.to_dict()
     stamped.setdefault("test_set", here.to_dict())
-    path.write_text(json.dumps(stamped, indent=1))
+    write_record(path, stamped)
     return here

@@ -70,7 +70,7 @@ def test_a_record_is_written_as_strict_json_with_null_for_nan(tmp_path):
 
 def test_every_json_file_the_project_writes_goes_through_write_record():
     """One writer: a json.dump(s) anywhere else in modular/ could write NaN or an absolute path again."""
-    offenders = [f"{path.name}:{n}" for path in sorted((ROOT / "modular").glob("*.py")) if path.name != "jsonio.py"
+    offenders = [f"{path.name}:{n}" for path in sorted((ROOT / "modular").rglob("*.py")) if path.name != "jsonio.py"
                  for n, line in enumerate(path.read_text().splitlines(), start=1) if re.search(r"\bjson\.dumps?\(", line)]
     assert not offenders, offenders
 

@@ -162,7 +162,8 @@ def test_report_with_ablation_flags_writes_the_ablations_section(tmp_path):
         paths[-1].write_text(json.dumps(record))
     assert main(["report", str(paths[0]), str(paths[1]), "--ablation", str(paths[2]), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert f"report {paths[0]} {paths[1]} --ablation {paths[2]} --readme README.md`" in text and "| optimizer: sgd → adam | 0 |" in text
+    assert f"report {paths[0]} {paths[1]} --ablation {paths[2]} --readme README.md`" in text
+    assert "| optimizer: sgd → adam | 0 |" in text
 
 
 def test_a_record_resumed_in_another_setting_is_refused(tmp_path):

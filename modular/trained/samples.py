@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from modular.data import CifarData
+from modular.jsonio import write_record
 from modular.testset import TestSetIdentity
 
 FORMAT = "era-s10-app-samples/1"
@@ -94,7 +95,7 @@ def write_sample(data: CifarData, record: dict, record_name: str, predicted: np.
     manifest = {"format": FORMAT, "record": record_name, "test_set": identity.to_dict(), "weights_sha256": weights_sha256,
                 "classes": list(sample.classes), "examples": [asdict(i) for i in sample.examples],
                 "misclassified": [asdict(i) for i in sample.misclassified]}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_record(folder / MANIFEST, manifest)
     return sample
 
 
