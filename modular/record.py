@@ -55,17 +55,27 @@ def runtime_part(runtime: Runtime, from_epoch: int = 0) -> dict:
             "channels_last": runtime.channels_last, "hardware": hardware_name(runtime.device)}
 
 
+def _what_ran(prepared: Prepared) -> dict:
+    """The fields a run record and a range-test record share about what ran: config, seed, training data."""
+    return {"config": prepared.cfg.to_dict(), "seed": prepared.cfg.seed, "data_source": prepared.data.source,
+            "train_images": int(len(prepared.data.train_labels))}
+
+
+def _where_it_ran(runtime: Runtime) -> dict:
+    """...and where: device, precision, layout, hardware (as in ``runtime_part``), library versions."""
+    part = runtime_part(runtime)
+    del part["from_epoch"]
+    return {**part, "versions": versions()}
+
+
 def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_per_step: list[float],
                  evaluation: dict, wall_seconds: float, stopped: str | None = None) -> dict:
     """The run record (run.json): config, LRs, history, per-step LRs and the final evaluation;
     ``stopped``: why a run ended before its last epoch (then "stopped" says so, and after which epoch)."""
     best = max(history, key=lambda row: row["test_acc"]) if history else {"test_acc": None, "epoch": None}
-    data, runtime = prepared.data, prepared.runtime
+    data = prepared.data
     return {
-        "config": prepared.cfg.to_dict(),
-        "seed": prepared.cfg.seed,
-        "data_source": data.source,
-        "train_images": int(len(data.train_labels)),
+        **_what_ran(prepared),
         "test_images": int(len(data.test_labels)),
         "test_set": TestSetIdentity.of(data).to_dict(),  # what the misclassified indices point into
         "classes": list(data.classes),
@@ -80,31 +90,20 @@ def build_record(prepared: Prepared, facts: RunFacts, history: list[dict], lr_pe
         **({"stopped": {"reason": stopped, "after_epoch": len(history)}} if stopped else {}),
         "seconds_per_epoch": sum(row["seconds"] for row in history) / len(history) if history else None,
         "wall_seconds": wall_seconds,
-        "device": runtime.device.type,          # the last part's (all parts': ran_on)
-        "precision": runtime.precision,
-        "channels_last": runtime.channels_last,
-        "hardware": hardware_name(runtime.device),
-        "versions": versions(),
+        **_where_it_ran(prepared.runtime),      # the last part's (all parts': ran_on)
     }
 
 
 def build_lr_find_record(prepared: Prepared, found: LRFindResult, seconds: float) -> dict:
     """The record of a range test alone (lr_find.json): the range test under "lr_find", as in a run
     record, with what it ran on, so several seeds' tests can be gathered and compared."""
-    data, runtime = prepared.data, prepared.runtime
     return {
-        "config": prepared.cfg.to_dict(),
-        "seed": prepared.cfg.seed,
-        "data_source": data.source,
-        "train_images": int(len(data.train_labels)),
+        **_what_ran(prepared),
         "mean": list(prepared.mean),
         "std": list(prepared.std),
         "lr_find": found.to_dict(),
         "lr_find_seconds": seconds,
         "commit": [code_version()],
-        "device": runtime.device.type,
-        "precision": runtime.precision,
-        "hardware": hardware_name(runtime.device),
-        "versions": versions(),
+        **_where_it_ran(prepared.runtime),
     }
 
