@@ -12,7 +12,7 @@ import torch
 from helpers import ROOT, shared_run
 
 from modular import notebook
-from modular.config import CIFAR10_CLASSES, Config
+from modular.config import CIFAR10_CLASSES
 from modular.figures import run_figures
 from modular.prepare import new_model, prepare
 from modular.trained.inference import gradcam_figure
@@ -111,7 +111,7 @@ def test_the_summary_shows_one_run_as_recorded(shipped):
 
 def test_the_test_image_gallery_shows_every_class(shipped, tmp_path):
     run = shipped[0]
-    cfg = Config.from_dict(run.record["config"]).replace(output_dir=str(tmp_path), device="cpu")
+    cfg = run.cfg.replace(output_dir=str(tmp_path), device="cpu")  # the record's paths name no folder of this machine
     figure = run_figures(run.record, prepare(cfg))["test_samples"]
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert len(titles) == 16 and set(titles[:10]) == set(CIFAR10_CLASSES), titles
