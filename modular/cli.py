@@ -154,20 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     test_set = commands.add_parser("test-set", help="the test set's identity (a hash of its images and labels in "
                                    "order); with run records: check them against it and add it to them")
     test_set.add_argument("records", nargs="*", help="run records made on this test set (results/headline.json)")
-    test_set.add_argument("--data-dir")
+    test_set.add_argument("--data-dir", help="as for train (default: download with torchvision into ./data)")
 
     samples = commands.add_parser("app-samples", help="the app's committed sample: one example per class and "
                                   "misclassified images from the test set a run record names (at most 200 in all)")
     samples.add_argument("--data-dir", required=True, help="the test set the record ran on (the official image tree)")
     samples.add_argument("--record", default="results/headline.json", help="the run record of the weights")
-    samples.add_argument("--weights", help="default: results/custom_resnet_cifar10.pt, the shipped weights")
+    samples.add_argument("--weights", help="a weights file (default: results/custom_resnet_cifar10.pt, the shipped weights)")
     samples.add_argument("--output", default="results/app-samples")
     samples.add_argument("--misclassified", type=_positive_int, default=190, help="misclassified images to keep")
     samples.add_argument("--force", action="store_true", help="replace an existing sample")
 
     app = commands.add_parser("app", help="the trained network in the browser (Gradio): top-k classes of a picture, "
                               "Grad-CAM, misclassified test images; offline, no training")
-    app.add_argument("--weights", help="default: results/custom_resnet_cifar10.pt, the shipped weights")
+    app.add_argument("--weights", help="a weights file (default: results/custom_resnet_cifar10.pt, the shipped weights)")
     app.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default): this computer only; 0.0.0.0: every "
                      "network interface")
     app.add_argument("--port", type=int, default=7860)
