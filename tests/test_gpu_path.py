@@ -185,10 +185,8 @@ def test_the_host_read_counter_sees_a_copy_to_the_cpu(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
-def test_the_nan_check_is_read_every_read_every_steps_not_only_at_the_end():
-    """A NaN at step 3 of a 35-step epoch stops the epoch at its first read, step READ_EVERY (25),
-    as the README says; a check read only at the end would run all 35 steps on spoiled weights."""
-    trainer, scheduler, batches = fp16_trainer(READ_EVERY + 10)
+def poison_third_loss(trainer) -> list:
+    """Make the trainer's third loss NaN; returns the list that counts the criterion's calls."""
     criterion, calls = trainer.criterion, []
 
     def poisoned(logits, targets):
@@ -197,6 +195,14 @@ def test_the_nan_check_is_read_every_read_every_steps_not_only_at_the_end():
         return loss * float("nan") if len(calls) == 3 else loss
 
     trainer.criterion = poisoned
+    return calls
+
+
+def test_the_nan_check_is_read_every_read_every_steps_not_only_at_the_end():
+    """A NaN at step 3 of a 35-step epoch stops the epoch at its first read, step READ_EVERY (25),
+    as the README says; a check read only at the end would run all 35 steps on spoiled weights."""
+    trainer, scheduler, batches = fp16_trainer(READ_EVERY + 10)
+    calls = poison_third_loss(trainer)
     with pytest.raises(DivergenceError, match=r"step 3; lower --max-lr$"):
         train_epoch(trainer, batches, scheduler, epoch=1)
     assert len(calls) == READ_EVERY
@@ -219,14 +225,7 @@ def test_fused_sgd_survives_skipped_first_steps_like_plain_sgd():
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
 def test_a_nan_loss_is_reported_at_its_own_step_though_read_later(monkeypatch):
     trainer, scheduler, batches = fp16_trainer(12)
-    criterion, calls = trainer.criterion, []
-
-    def poisoned(logits, targets):
-        calls.append(1)
-        loss = criterion(logits, targets)
-        return loss * float("nan") if len(calls) == 3 else loss
-
-    trainer.criterion = poisoned
+    poison_third_loss(trainer)
     with pytest.raises(DivergenceError, match=r"^loss became NaN/inf at epoch 1, step 3; lower --max-lr$"):
         train_epoch(trainer, batches, scheduler, epoch=1)
 
