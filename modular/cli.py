@@ -263,20 +263,15 @@ def cmd_train(args, cfg: Config, argv: list[str]) -> int:
 def cmd_lr_find(args, cfg: Config) -> int:
     import time
 
-    from modular import plots
-    from modular.jsonio import write_record
-    from modular.pipeline import describe_range_test, lr_range_test, prepare_output_dir
+    from modular.pipeline import describe_range_test, lr_range_test, prepare_output_dir, save_range_test
     from modular.prepare import new_model, prepare
-    from modular.record import build_lr_find_record
 
-    out = prepare_output_dir(cfg.output_dir)
+    prepare_output_dir(cfg.output_dir)
     prepared = prepare(cfg)
     print(f"data: {prepared.data.source}; device: {prepared.runtime.describe()}; {describe_range_test(cfg)}", flush=True)
     started = time.perf_counter()
     found = lr_range_test(prepared, new_model(cfg))
-    record = build_lr_find_record(prepared, found, time.perf_counter() - started)
-    write_record(out / "lr_find.json", record)
-    plot = plots.save_figure(plots.plot_lr_finder(**found.to_dict()), out / "lr_range_test.png")
+    plot = save_range_test(prepared, found, time.perf_counter() - started)
     steepest = "none" if found.steepest_lr is None else f"{found.steepest_lr:.3g}"
     diverged = "never diverged" if found.diverged_lr is None else f"diverged at LR {found.diverged_lr:.3g}"
     print(f"LRMAX {found.lr_max:.4g}  LRMIN {found.lr_min:.4g}; {diverged}; "

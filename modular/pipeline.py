@@ -18,8 +18,9 @@ from modular.evaluate import full_evaluation
 from modular.figures import save_run_figures
 from modular.jsonio import write_record
 from modular.lr_finder import LRFindResult, range_test
+from modular.plots import plot_lr_finder, save_figure
 from modular.prepare import Prepared, new_model, prepare
-from modular.record import RunFacts, build_record
+from modular.record import RunFacts, build_lr_find_record, build_record
 from modular.train import DivergenceError, FitResult, build_criterion, build_optimizer, fit
 
 
@@ -53,6 +54,15 @@ def describe_range_test(cfg: Config) -> str:
     """What the range test is about to cost, said before it starts: it does not shrink with --subset."""
     return (f"LR range test: {cfg.lr_find_iters} steps of {cfg.batch_size} images ({cfg.lr_find_iters * cfg.batch_size:,} "
             f"images; --max-lr skips it) from {cfg.lr_find_start:g} to {cfg.lr_find_end:g}")
+
+
+def save_range_test(prepared: Prepared, found: LRFindResult, seconds: float) -> Path:
+    """lr_find.json and lr_range_test.png in the output folder, written as soon as the test ends: a run
+    of hours shows its pick (and ``lr-seeds`` can gather it) long before its run.json exists. Returns
+    the plot's path."""
+    out = prepare_output_dir(prepared.cfg.output_dir)
+    write_record(out / "lr_find.json", build_lr_find_record(prepared, found, seconds))
+    return save_figure(plot_lr_finder(**found.to_dict()), out / "lr_range_test.png")
 
 
 def checkpoint_path(cfg: Config) -> Path:
@@ -92,7 +102,10 @@ def decide_lr(prepared: Prepared, model: torch.nn.Module, state: dict | None = N
         log(describe_range_test(cfg))
         tested = time.perf_counter()
         found = lr_range_test(prepared, model, log)
-        facts = RunFacts.decided(prepared, found.lr_max, found, time.perf_counter() - tested)
+        seconds = time.perf_counter() - tested
+        facts = RunFacts.decided(prepared, found.lr_max, found, seconds)
+        plot = save_range_test(prepared, found, seconds)
+        log(f"range test saved: {plot.with_name('lr_find.json')}, {plot}")
     log(f"LRMAX {facts.lr_max:.4g}, LRMIN {facts.lr_min:.4g} (OneCycle peak at epoch "
         f"{cfg.resolved_peak_epoch} of {cfg.epochs})")
     return facts

@@ -111,6 +111,26 @@ def test_run_with_the_range_test_records_it(tmp_path):
     assert RECORD_KEYS <= set(json.loads((tmp_path / "out" / "run.json").read_text()))
 
 
+def test_the_range_test_is_on_disk_before_the_first_epoch(tmp_path, monkeypatch):
+    """A run of hours shows its pick at once: lr_find.json (the same record `lr-find` writes) and the
+    plot exist when training starts, and the run record's range test is the same one."""
+    out = tmp_path / "out"
+    seen = {}
+
+    def train_and_look(*args, **kwargs):
+        seen["lr_find"] = json.loads((out / "lr_find.json").read_text())
+        seen["plot"] = (out / "lr_range_test.png").stat().st_size
+        return real_train(*args, **kwargs)
+
+    real_train = pipeline.train
+    monkeypatch.setattr(pipeline, "train", train_and_look)
+    cfg = Config(batch_size=32, epochs=1, lr_find_iters=20, device="cpu", precision="fp32", output_dir=str(out))
+    record = pipeline.run(cfg, data=synthetic_cifar10(n_train=96, n_test=20, seed=2), log=lambda *_: None)
+    assert seen["plot"] > 1000
+    assert seen["lr_find"]["lr_find"] == record["lr_find"] and seen["lr_find"]["seed"] == record["seed"]
+    assert seen["lr_find"]["precision"] == "fp32" and seen["lr_find"]["config"] == record["config"]
+
+
 # --------------------------------------------------------------------------------------------
 # Runtime: device, precision, memory layout
 # --------------------------------------------------------------------------------------------
