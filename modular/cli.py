@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_range_test_flags(train)
     train.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt (if there is "
                        "none, a new run starts, and says so)")
+    train.add_argument("--record-so-far", action="store_true", help="train no further: write run.json and the plots "
+                       "for the epochs the checkpoint holds (the last one evaluated); --resume continues later")
     train.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
 
     find = commands.add_parser("lr-find", help="the LR range test alone: plot and LRMAX/LRMIN")
@@ -246,8 +248,11 @@ def sigterm_as_interrupt():
 
 
 def cmd_train(args, cfg: Config, argv: list[str]) -> int:
-    from modular.pipeline import checkpoint_path, run
+    from modular.pipeline import checkpoint_path, record_so_far, run
 
+    if args.record_so_far:
+        record_so_far(cfg)
+        return 0
     try:
         with sigterm_as_interrupt():
             run(cfg, resume=args.resume)

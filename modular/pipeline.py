@@ -153,8 +153,8 @@ def finish(prepared: Prepared, facts: RunFacts, result: FitResult, log: Callable
 
 
 def finish_stopped(prepared: Prepared, facts: RunFacts, reason: str, log: Callable[[str], None] = print) -> dict:
-    """The record of a run that stopped on a NaN/inf loss: the last finished epoch (its checkpoint)
-    evaluated, and why it stopped. A run that diverges is a result, not just an error."""
+    """The record of a run that stopped early (a NaN/inf loss, or --record-so-far): the last finished
+    epoch (its checkpoint) evaluated, and why it stopped. A run that diverges is a result, not just an error."""
     path = checkpoint_path(prepared.cfg)
     state = load_checkpoint(path) if path.exists() else None
     model = prepared.runtime.prepare_model(new_model(prepared.cfg))
@@ -164,6 +164,25 @@ def finish_stopped(prepared: Prepared, facts: RunFacts, reason: str, log: Callab
     log(f"stopped: {reason}; evaluating the last finished epoch ({state['epoch']})")
     return finish(prepared, facts, FitResult(list(state["history"]), list(state["lr_per_step"]), model), log,
                   stopped=reason)
+
+
+def record_so_far(cfg: Config, data: CifarData | None = None, log: Callable[[str], None] = print) -> dict:
+    """run.json for an unfinished run, without training further: its finished epochs, the last one
+    evaluated, and "stopped" saying so. The checkpoint stays; ``--resume`` goes on, and the run's
+    end writes its full record over this one (a Colab session that ran out at epoch 18 still gets
+    its record and plots)."""
+    cfg.validate()
+    state = find_checkpoint(cfg, resume=True)
+    if state is None:
+        raise CheckpointError(f"{checkpoint_path(cfg)} does not exist: no finished epoch to record (check --output-dir)")
+    epoch = int(state["epoch"])
+    if epoch >= cfg.epochs:
+        raise CheckpointError(f"{checkpoint_path(cfg)} holds a finished run: --resume (without --record-so-far) "
+                              "writes its full record")
+    prepared = prepare(cfg, data, state["mean"], state["std"])
+    facts = RunFacts.from_dict(state)
+    return finish_stopped(prepared, facts, f"recorded with --record-so-far after epoch {epoch} of {cfg.epochs}; "
+                                           "--resume continues the run", log)
 
 
 def run(cfg: Config, resume: bool = False, data: CifarData | None = None,

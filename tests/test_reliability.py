@@ -208,6 +208,38 @@ def test_the_resume_hint_comes_from_mains_own_arguments(tree, tmp_path, monkeypa
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_record_so_far_records_the_finished_epochs_and_resume_goes_on(tree, tmp_path, monkeypatch, capsys):
+    """A run stopped after epoch 1 of 3: --record-so-far writes run.json (epoch 1 evaluated, "stopped"
+    says so) and the plots without training; --resume then finishes the run, whose record replaces it."""
+    out = tmp_path / "out"
+    save = train_module.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    assert cli_main(train_args(tree, out), capsys)[0] == 130
+    monkeypatch.undo()
+    checkpoint = (out / "checkpoint.pt").read_bytes()
+    code, stdout, err = cli_main(train_args(tree, out, "--record-so-far"), capsys)
+    assert code == 0 and "train loss" not in stdout, err
+    record = json.loads((out / "run.json").read_text())
+    assert len(record["history"]) == 1 and record["stopped"]["after_epoch"] == 1, record.get("stopped")
+    assert "--record-so-far after epoch 1 of 3" in record["stopped"]["reason"]
+    assert record["test_acc"] == pytest.approx(record["history"][0]["test_acc"])  # epoch 1's model, evaluated
+    assert (out / "loss_accuracy.png").stat().st_size > 1000
+    assert (out / "checkpoint.pt").read_bytes() == checkpoint  # nothing trained
+    code, stdout, err = cli_main(train_args(tree, out, "--resume"), capsys)
+    assert code == 0, err
+    final = json.loads((out / "run.json").read_text())
+    assert len(final["history"]) == 3 and "stopped" not in final
+    assert without_seconds(final["history"][:1]) == without_seconds(record["history"])
+    assert_one_line_error(*cli_main(train_args(tree, out, "--record-so-far"), capsys), 1, "holds a finished run")
+    assert_one_line_error(*cli_main(train_args(tree, tmp_path / "none", "--record-so-far"), capsys), 1,
+                          "does not exist", "no finished epoch")
+
+
 # --------------------------------------------------------------------------------------------
 # Command-line failures. Each case runs in-process through modular.cli.main (the function
 # `python -m modular` calls), and one case of each kind also in a real subprocess; those
