@@ -663,10 +663,6 @@ def test_cli_divergence_stops_the_run_with_a_clear_message(tree, tmp_path):
 
 
 def test_a_run_that_diverges_after_a_finished_epoch_records_that_epoch_evaluated(tmp_path, monkeypatch):
-    def nan_loss_in_epoch_2(epoch, model, criterion):
-        if epoch == 2:
-            return lambda logits, targets: criterion(logits, targets) * float("nan")
-
     wrap_train_epoch(monkeypatch, nan_loss_in_epoch_2)
     cfg = Config(batch_size=32, epochs=3, max_lr=0.1, device="cpu", precision="fp32", output_dir=str(tmp_path))
     with pytest.raises(DivergenceError, match=r"epoch 2, step 1"):
@@ -684,6 +680,12 @@ def fit_small(cfg: Config, path: Path, seed: int = 4):
     return fit(prepared, new_model(cfg), RunFacts.decided(prepared, cfg.max_lr), path, log=lambda *_: None)
 
 
+def nan_loss_in_epoch_2(epoch, model, criterion):
+    """For ``wrap_train_epoch``: from epoch 2 on, every loss is NaN."""
+    if epoch == 2:
+        return lambda logits, targets: criterion(logits, targets) * float("nan")
+
+
 def wrap_train_epoch(monkeypatch, change):
     """Replace train.train_epoch by one that calls ``change(epoch, model, criterion)`` -> criterion first."""
     real = train_module.train_epoch
@@ -696,10 +698,6 @@ def wrap_train_epoch(monkeypatch, change):
 
 
 def test_nan_in_epoch_2_keeps_the_epoch_1_checkpoint(tmp_path, monkeypatch):
-    def nan_loss_in_epoch_2(epoch, model, criterion):
-        if epoch == 2:
-            return lambda logits, targets: criterion(logits, targets) * float("nan")
-
     wrap_train_epoch(monkeypatch, nan_loss_in_epoch_2)
     cfg = Config(batch_size=32, epochs=2, max_lr=0.1, device="cpu", precision="fp32", output_dir=str(tmp_path))
     path = tmp_path / "checkpoint.pt"
