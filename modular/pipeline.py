@@ -152,11 +152,14 @@ def finish(prepared: Prepared, facts: RunFacts, result: FitResult, log: Callable
     return record
 
 
-def finish_stopped(prepared: Prepared, facts: RunFacts, reason: str, log: Callable[[str], None] = print) -> dict:
+def finish_stopped(prepared: Prepared, facts: RunFacts, reason: str, log: Callable[[str], None] = print,
+                   state: dict | None = None) -> dict:
     """The record of a run that stopped early (a NaN/inf loss, or --record-so-far): the last finished
-    epoch (its checkpoint) evaluated, and why it stopped. A run that diverges is a result, not just an error."""
+    epoch (its checkpoint) evaluated, and why it stopped. A run that diverges is a result, not just an error.
+    ``state``: that checkpoint if the caller already loaded it; otherwise it is read here."""
     path = checkpoint_path(prepared.cfg)
-    state = load_checkpoint(path) if path.exists() else None
+    if state is None and path.exists():
+        state = load_checkpoint(path)
     model = prepared.runtime.prepare_model(new_model(prepared.cfg))
     if state is None:
         return finish(prepared, facts, FitResult([], [], model), log, stopped=reason)
@@ -182,7 +185,7 @@ def record_so_far(cfg: Config, data: CifarData | None = None, log: Callable[[str
     prepared = prepare(cfg, data, state["mean"], state["std"])
     facts = RunFacts.from_dict(state)
     return finish_stopped(prepared, facts, f"recorded with --record-so-far after epoch {epoch} of {cfg.epochs}; "
-                                           "--resume continues the run", log)
+                                           "--resume continues the run", log, state)
 
 
 def run(cfg: Config, resume: bool = False, data: CifarData | None = None,
