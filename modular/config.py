@@ -22,7 +22,8 @@ SHIPPED_WEIGHTS = "results/custom_resnet_cifar10.pt"
 
 OPTIMIZERS = ("sgd", "adam")
 # How LRMAX is read off the range test: "minimum" is the project's divergence-aware rule
-# (lr_finder.RULE); "steepest" is torch-lr-finder's own suggestion, what the original used.
+# (lr_finder.RULE: the smoothed minimum, or the left end of a wide flat valley); "steepest" is
+# torch-lr-finder's own suggestion, what the original used.
 LR_RULES = ("minimum", "steepest")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32")

@@ -4,7 +4,8 @@ torch-lr-finder runs with smoothing off, so the raw loss of every step is kept; 
 smooths it as the library would (an exponential moving average, factor 0.05) and applies the
 rule in RULE to the smoothed curve. With label smoothing and scaled logits the loss is bounded:
 it never passes the library's 5x-the-best stop, and after blowing up it can fall again. The rule
-therefore cuts the curve at the point of divergence and looks only before it.
+therefore cuts the curve at the point of divergence and looks only before it. It takes the
+minimum there, except in a wide flat valley (Adam's curve), where it takes the valley's left end.
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ GIVE_BACK = 0.5        # diverged once the loss gives back half of what it gaine
 MIN_RISE = 0.02        # ...or, while it has gained little, once it climbs 2% of its start above its best
 MIN_POINTS = 10        # a minimum within the first points means the test diverged almost at once
 SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's window for its own steepest-descent suggestion
+# A flat valley: the points next to the minimum whose smoothed loss is within FLAT_DEPTH of the drop (start to
+# minimum) of it. On the SGD curves it spans 1.4-2.3x in LR and the minimum is the pick; Adam's spans 8x, and 100
+# batches cannot tell which LR of such a span stays stable for 24 epochs, so the rule takes its safe (left) end.
+FLAT_DEPTH = 0.10
+FLAT_WIDTH = 4.0       # wider than this (an LR ratio) and the valley counts as flat
 RULE = ("LRMAX is the LR at the minimum of the smoothed loss before divergence (the first point where the smoothed "
         "loss climbs above its lowest value so far by half the drop from the start to that value, or by 2% of the "
-        "starting loss if that is more); LRMIN = LRMAX / div_factor")
+        "starting loss if that is more), unless the loss stays within 10% of its drop of that minimum over more than "
+        "a factor of 4 in LR below it: then the lowest LR of that flat valley; LRMIN = LRMAX / div_factor")
 STEEPEST_RULE = ("LRMAX is torch-lr-finder's suggestion, the LR of the steepest descent of the smoothed loss between its "
                  f"first {SKIP_START} and last {SKIP_END} points (the original's rule); LRMIN = LRMAX / div_factor")
 RULES = {"minimum": RULE, "steepest": STEEPEST_RULE}
@@ -42,7 +49,8 @@ class LRFinderError(RuntimeError):
 class LRChoice:
     """What the rule read off a smoothed curve (indices into the curve)."""
     lr_max: float
-    min_index: int
+    min_index: int             # the smoothed minimum before divergence
+    valley_start: int          # the flat valley's left end (== min_index when the valley is narrow)
     diverged_index: int | None  # None: never diverged (possible under the "steepest" rule only)
     diverged_lr: float | None
     steepest_lr: float | None  # the library's suggestion, for comparison only
@@ -113,7 +121,7 @@ def choose_lr_max(lrs: list[float], smoothed: list[float], stopped_early: bool =
             raise LRFinderError(f"the range test stopped after {finite_length(curve)} finite points, too few for "
                                 f"torch-lr-finder's suggestion: lower --lr-find-end or raise --lr-find-iters")
         at = int(np.flatnonzero(lrs_a == steepest)[0])
-        return LRChoice(steepest, at, diverged, None if diverged is None else float(lrs_a[diverged]), steepest)
+        return LRChoice(steepest, at, at, diverged, None if diverged is None else float(lrs_a[diverged]), steepest)
     if diverged is None:
         raise LRFinderError(f"the loss never diverged up to LR {lrs_a[-1]:.3g}, so its minimum is not yet in sight: "
                             "raise --lr-find-end")
@@ -122,7 +130,19 @@ def choose_lr_max(lrs: list[float], smoothed: list[float], stopped_early: bool =
         raise LRFinderError(
             f"the LR range test diverged almost at once (lowest loss at point {min_index + 1} of {len(curve)}, diverged "
             f"near LR {lrs_a[diverged]:.3g}): lower --lr-find-end or raise --lr-find-iters")
-    return LRChoice(float(lrs_a[min_index]), min_index, diverged, float(lrs_a[diverged]), steepest)
+    start = flat_valley_start(curve, min_index)
+    pick = start if lrs_a[min_index] / lrs_a[start] > FLAT_WIDTH else min_index
+    return LRChoice(float(lrs_a[pick]), min_index, start, diverged, float(lrs_a[diverged]), steepest)
+
+
+def flat_valley_start(curve: np.ndarray, min_index: int) -> int:
+    """The first index of the run of points up to ``min_index`` whose loss lies within FLAT_DEPTH of the
+    drop from the start to the minimum above the minimum."""
+    ceiling = curve[min_index] + FLAT_DEPTH * (curve[0] - curve[min_index])
+    start = min_index
+    while start > 0 and curve[start - 1] <= ceiling:
+        start -= 1
+    return start
 
 
 def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: torch.nn.Module,
