@@ -1,0 +1,100 @@
+"""The recipe, pinned: every ingredient of the defaults as a literal, read off the objects the training
+builds (not off Config alone), so changing any one of them makes a test here fail.
+
+Page's recipe for this layout: SGD Nesterov 0.9, weight decay 5e-4 on every parameter, batch 512,
+label smoothing 0.2, logits x 0.125, OneCycle linear in two phases peaking at the last step of epoch 5
+of 24, from LRMAX/100 to LRMAX/100/1e4; the prescribed augmentation in its order.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import helpers  # noqa: F401  (environment and sys.path)
+import numpy as np
+import pytest
+import torch
+from albumentations.pytorch import ToTensorV2
+
+from modular.config import Config
+from modular.data import synthetic_cifar10
+from modular.prepare import new_model, prepare
+from modular.schedule import one_cycle, planned_lrs
+from modular.train import build_criterion, build_optimizer
+
+DEFAULTS = Config()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return new_model(DEFAULTS)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    """The defaults' loaders and transforms over 1,100 synthetic images (only the device is changed)."""
+    return prepare(DEFAULTS.replace(device="cpu", workers=0), synthetic_cifar10(n_train=1100, n_test=20, seed=0))
+
+
+def test_sgd_nesterov_with_weight_decay_on_every_parameter(model):
+    optimizer = build_optimizer(model, DEFAULTS, 0.4)
+    assert type(optimizer) is torch.optim.SGD
+    [group] = optimizer.param_groups  # one group: every parameter (BN and biases too) gets the same decay
+    assert {id(p) for p in group["params"]} == {id(p) for p in model.parameters()}
+    assert (group["momentum"], group["nesterov"], group["weight_decay"], group["dampening"]) == (0.9, True, 5e-4, 0)
+    assert group["lr"] == 0.4
+
+
+def test_adam_the_originals_optimizer_with_its_own_decay(model):
+    optimizer = build_optimizer(model, DEFAULTS.replace(optimizer="adam"), 0.01)
+    assert type(optimizer) is torch.optim.Adam
+    [group] = optimizer.param_groups
+    assert (group["weight_decay"], group["betas"], group["amsgrad"]) == (1e-4, (0.9, 0.999), False)
+
+
+def test_loss_label_smoothing_and_logit_scale(model):
+    criterion = build_criterion(DEFAULTS)
+    assert type(criterion) is torch.nn.CrossEntropyLoss and criterion.label_smoothing == 0.2
+    assert model.logit_scale == 0.125
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        unscaled = model.fc(torch.flatten(model.pool(model.layer3(model.layer2(model.layer1(model.prep(x))))), 1))
+        assert torch.allclose(model(x), unscaled * 0.125)
+
+
+def test_batch_of_512_shuffled_for_training(prepared):
+    loader = prepared.train_loader
+    assert loader.batch_size == 512 and not loader.drop_last
+    assert len(loader) == 3  # 1100 images: 512 + 512 + 76, the last partial batch kept
+    assert loader.sampler.shuffle and not prepared.test_loader.sampler.shuffle
+
+
+def test_one_cycle_shape():
+    steps = 98  # 50,000 images in batches of 512
+    lrs = np.asarray(planned_lrs(DEFAULTS, 0.4, steps))
+    assert DEFAULTS.epochs == 24 and lrs.size == 24 * steps
+    peak = int(np.argmax(lrs))
+    assert peak == 5 * steps - 1 and lrs[peak] == pytest.approx(0.4)  # the last step of epoch 5
+    assert lrs[0] == pytest.approx(0.4 / 100)
+    assert lrs[-1] == pytest.approx(0.4 / 100 / 1e4, abs=1e-9) and lrs.min() >= 0
+    # linear in both phases: constant differences up and down, and no third phase
+    assert np.diff(lrs[:peak + 1]) == pytest.approx(np.full(peak, (0.4 - 0.004) / peak))
+    assert np.diff(lrs[peak:]) == pytest.approx(np.full(lrs.size - 1 - peak, (0.4 / 1e6 - 0.4) / (lrs.size - 1 - peak)))
+    scheduler = one_cycle(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.4), DEFAULTS, 0.4, steps)
+    assert not scheduler.cycle_momentum  # momentum stays 0.9 throughout
+
+
+def test_augmentation_order_and_parameters(prepared):
+    mean, std = prepared.mean, prepared.std  # the training set's own statistics
+    steps = prepared.train_transform.transforms
+    assert [type(t) for t in steps] == [A.Normalize, A.PadIfNeeded, A.RandomCrop, A.HorizontalFlip, A.CoarseDropout,
+                                       ToTensorV2]
+    normalize, pad, crop, flip, cutout, _ = steps
+    assert (normalize.mean, normalize.std, normalize.max_pixel_value) == (mean, std, 255.0)
+    assert (pad.min_height, pad.min_width, pad.border_mode) == (40, 40, cv2.BORDER_REFLECT_101)
+    assert (crop.height, crop.width, flip.p) == (32, 32, 0.5)
+    assert (cutout.num_holes_range, cutout.hole_height_range, cutout.hole_width_range) == ((1, 1), (8, 8), (8, 8))
+    assert (cutout.fill, cutout.p) == (0, 1.0)  # 0 after Normalize is the dataset mean; on every image
+    test = prepared.test_transform.transforms
+    assert [type(t) for t in test] == [A.Normalize, ToTensorV2] and test[0].mean == mean
