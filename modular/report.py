@@ -217,13 +217,14 @@ def update_readme(paths: list[Path], readme: Path, ablations: list[Path] = ()) -
     """Write the sections the records at ``paths`` (and ``ablations``) feed into ``readme``; returns their names."""
     sections = render_sections(paths, ablations)
     text = readme.read_text()
+    shown = readme.as_posix() if not readme.is_absolute() else readme.name  # as typed: docs/experiments.md
     for name, (source, table) in sections.items():
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         if start not in text or end not in text:
             raise ReportError(f"{readme} has no {start} ... {end} markers; add them where the table belongs")
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
-        note = f"<!-- written by `python -m modular report {source} --readme {readme.name}`; do not edit by hand -->"
+        note = f"<!-- written by `python -m modular report {source} --readme {shown}`; do not edit by hand -->"
         text = f"{head}{start}\n{note}\n{table}\n{end}{tail}"
     readme.write_text(text)
     return list(sections)

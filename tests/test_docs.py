@@ -1,19 +1,23 @@
-"""What a reader without our machines sees: README.md and the committed notebook (sources and saved
-outputs) name no absolute local path, their titles state what was measured, the README's generated
-sections are what ``report`` writes from the records they name, and every figure in images/ is shown."""
+"""What a reader without our machines sees: README.md, docs/ and the committed notebook (sources and saved
+outputs) name no absolute local path, their titles state what was measured, the generated sections are what
+``report`` writes from the records they name, every figure in images/ is shown, every command given parses,
+and the README stays short, with the result and both commands near its top."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 from helpers import ROOT
 
+from modular.cli import build_parser
 from modular.report import render_sections
 
 README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 NOTEBOOK = ROOT / "era_s10_cifar.ipynb"
 # An absolute path on some machine: a home folder (~/), a system folder, a Windows drive. Colab's Drive
 # mount is allowed (the notebook tells Colab users to write it), and so is Colab's folder named bare.
@@ -43,7 +47,7 @@ def output_texts(cell: dict) -> list[str]:
 
 def documents() -> dict[str, str]:
     """Where -> text: the README, and each notebook cell's source and outputs."""
-    texts = {"README.md": README.read_text()}
+    texts = {"README.md": README.read_text()} | {f"docs/{p.name}": p.read_text() for p in DOCS}
     for number, cell in enumerate(json.loads(NOTEBOOK.read_text())["cells"], start=1):
         texts[f"notebook cell {number} source"] = "".join(cell["source"])
         for i, text in enumerate(output_texts(cell)):
@@ -89,27 +93,78 @@ def test_the_titles_state_the_measured_accuracy():
         assert title.startswith("# ") and measured in title and "90%+" not in title, title
 
 
-def generated_sections(text: str) -> dict[str, tuple[list[str], str]]:
-    """Section name -> (the record paths its note names, its Markdown) for every generated README section."""
+def generated_sections(text: str) -> dict[str, tuple[list[str], str, str]]:
+    """Section name -> (the record paths its note names, the file its note writes, its Markdown) for every
+    generated section of ``text``."""
     found = {}
-    for name, paths, body in re.findall(r"<!-- (\w+):start -->\n<!-- written by `python -m modular report ([^`]+?) "
-                                        r"--readme README\.md`; do not edit by hand -->\n(.*?)\n<!-- \1:end -->", text, re.S):
-        found[name] = (paths.split(), body)
+    for name, paths, target, body in re.findall(r"<!-- ([\w-]+):start -->\n<!-- written by `python -m modular report "
+                                                r"([^`]+?) --readme (\S+)`; do not edit by hand -->\n(.*?)\n<!-- \1:end -->",
+                                                text, re.S):
+        found[name] = (paths.split(), target, body)
     return found
 
 
 def test_every_generated_section_is_what_report_writes_from_its_records():
-    sections = generated_sections(README.read_text())
-    assert set(sections) >= {"results", "seeds", "performance"}
-    for name, (paths, body) in sections.items():
-        source, table = render_sections([ROOT / p for p in paths])[name]
-        assert body == table, f"the README's {name} section differs from `report {' '.join(paths)}`"
+    seen = set()
+    for document in [README, *DOCS]:
+        for name, (paths, target, body) in generated_sections(document.read_text()).items():
+            assert target == document.relative_to(ROOT).as_posix(), f"{name}: the note names --readme {target}"
+            source, table = render_sections([ROOT / p for p in paths])[name]
+            assert body == table, f"the {name} section of {target} differs from `report {' '.join(paths)}`"
+            seen.add(name)
+    assert seen >= {"results", "seeds", "performance", "app-latency"}
 
 
-def test_every_figure_in_images_is_shown_in_the_readme():
-    text = README.read_text()
-    missing = [p.name for p in sorted((ROOT / "images").glob("*.png")) if f"(images/{p.name})" not in text]
+def test_every_figure_in_images_is_shown_in_the_readme_or_docs():
+    text = "".join(p.read_text() for p in [README, *DOCS])
+    missing = [p.name for p in sorted((ROOT / "images").glob("*.png")) if f"images/{p.name})" not in text]
     assert not missing, missing
+
+
+def test_every_link_to_a_file_of_the_repository_resolves():
+    for document in [README, *DOCS]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", document.read_text()):
+            if "://" not in target:
+                assert (document.parent / target).exists(), f"{document.name} links to {target}"
+
+
+def commands(text: str) -> list[list[str]]:
+    """The ``python -m modular`` command lines in the ```bash blocks of ``text``, as argument lists (shell
+    variables read as 0, comments and line continuations as the shell reads them)."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(re.sub(r"\$\w+", "0", line), comments=True)
+            for part in " ".join(words).split(" && "):
+                part = part.split()
+                if part[:3] == ["python", "-m", "modular"]:
+                    found.append(part[3:])
+    return found
+
+
+def test_every_command_given_parses():
+    """Each ``python -m modular ...`` line in the README and docs is one the command line accepts as written."""
+    given = [(document.name, argv) for document in [README, *DOCS] for argv in commands(document.read_text())]
+    assert len(given) >= 8
+    for name, argv in given:
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit:
+            raise AssertionError(f"{name}: `python -m modular {' '.join(argv)}` does not parse") from None
+
+
+def test_the_readme_is_short_and_opens_with_the_result_and_both_commands():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 200, len(lines)
+    top = "\n".join(lines[:40])
+    assert seeds_lead() in top
+    assert "pip install -r requirements.txt && python -m modular train" in top
+    assert "ERA_QUICK=1 python -m pytest --nbval-lax tests era_s10_cifar.ipynb" in top
+
+
+def test_ci_runs_the_readmes_test_command():
+    test_command = re.search(r"ERA_QUICK=1 python -m pytest [^\n`]+", README.read_text()).group(0)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
 def test_the_readme_tells_cpu_users_how_to_skip_the_cuda_build():
@@ -117,7 +172,7 @@ def test_the_readme_tells_cpu_users_how_to_skip_the_cuda_build():
 
 
 def test_the_many_runs_section_names_one_output_dir_per_run_and_the_resume_path():
-    section = README.read_text().split("## Many runs", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "running.md").read_text().split("## Many runs", 1)[1].split("\n## ", 1)[0]
     for needed in ("--output-dir runs/seed$SLURM_ARRAY_TASK_ID", "--resume", "143", "SIGTERM", "python -m modular report"):
         assert needed in section, needed
 
