@@ -1,5 +1,5 @@
 """Several seeds' LR range tests side by side (``python -m modular lr-seeds``): each seed's picks (LRMAX,
-the LR where the loss diverged, torch-lr-finder's steepest-descent suggestion) with the precision and
+the smoothed minimum, the LR where the loss diverged, torch-lr-finder's steepest-descent suggestion) with the precision and
 hardware it ran on, and their spread. Inputs are range-test records (lr_find.json, written by
 ``lr-find``) or run records (run.json, whose range test is under "lr_find"), of one configuration.
 """
@@ -16,7 +16,9 @@ from modular.config import Config
 from modular.jsonio import portable
 from modular.lr_finder import choose_lr_max
 
-PICKS = ("lr_max", "diverged_lr", "steepest_lr")
+# lr_max: what the run used (its record's); minimum_lr: the smoothed minimum before divergence, which the
+# rule takes unless the valley is flat (so the two differ on Adam's curves and agree on SGD's)
+PICKS = ("lr_max", "minimum_lr", "diverged_lr", "steepest_lr")
 # Besides the seed, the precision may differ (bf16 on one machine, fp32 on another): it is shown per
 # seed, not refused. Where and how fast (config.RUNTIME_FIELDS) may differ too.
 MAY_DIFFER = ("seed", "precision")
@@ -41,14 +43,12 @@ class SeedTest:
     found: dict             # the range test: lrs, losses (smoothed), lr_max, diverged_lr, steepest_lr, rule, ...
 
     def picks(self) -> dict:
-        """LRMAX, the divergence LR and the steepest suggestion. Records made before the divergence LR
-        was kept get it from their curve, read by the rule that picked their LRMAX."""
-        picks = {key: self.found.get(key) for key in PICKS}
-        if "diverged_lr" not in self.found:
-            stopped = len(self.found["lrs"]) < self.config.lr_find_iters
-            picks["diverged_lr"] = choose_lr_max(self.found["lrs"], self.found["losses"], stopped,
-                                                 self.config.lr_rule).diverged_lr
-        return picks
+        """LRMAX and the steepest suggestion as recorded; the smoothed minimum and the divergence LR read
+        off the curve by the rule that picked LRMAX."""
+        stopped = len(self.found["lrs"]) < self.config.lr_find_iters
+        choice = choose_lr_max(self.found["lrs"], self.found["losses"], stopped, self.config.lr_rule)
+        return {"lr_max": self.found["lr_max"], "minimum_lr": self.found["lrs"][choice.min_index],
+                "diverged_lr": choice.diverged_lr, "steepest_lr": self.found["steepest_lr"]}
 
 
 def load_seed_test(path: str | Path) -> SeedTest:
@@ -119,10 +119,10 @@ def format_seeds(gathered: dict) -> str:
     def lr(value: float | None) -> str:
         return "-" if value is None else f"{value:.4g}"
 
-    lines = [f"{'seed':>4}  {'precision':<9}  {'LRMAX':>8}  {'diverged':>8}  {'steepest':>8}  hardware"]
-    lines += [f"{s['seed']:>4}  {s['precision']:<9}  {lr(s['lr_max']):>8}  {lr(s['diverged_lr']):>8}  "
-              f"{lr(s['steepest_lr']):>8}  {s['hardware']}" for s in gathered["seeds"]]
-    for key, name in zip(PICKS, ("LRMAX", "divergence LR", "steepest suggestion")):
+    lines = [f"{'seed':>4}  {'precision':<9}  {'LRMAX':>8}  {'minimum':>8}  {'diverged':>8}  {'steepest':>8}  hardware"]
+    lines += [f"{s['seed']:>4}  {s['precision']:<9}  {lr(s['lr_max']):>8}  {lr(s['minimum_lr']):>8}  "
+              f"{lr(s['diverged_lr']):>8}  {lr(s['steepest_lr']):>8}  {s['hardware']}" for s in gathered["seeds"]]
+    for key, name in zip(PICKS, ("LRMAX", "smoothed minimum", "divergence LR", "steepest suggestion")):
         s = gathered["spread"][key]
         if s["n"]:
             lines.append(f"{name}: min {lr(s['min'])}, max {lr(s['max'])} ({s['ratio']:.2f}x), "

@@ -97,7 +97,8 @@ def test_a_resumed_run_shows_the_precision_its_range_test_ran_in(tmp_path):
     assert (first["precision"], first["device"], first["hardware"]) == ("bf16", "cuda", "A100")
 
 
-def test_a_record_made_before_the_divergence_lr_was_kept_gets_it_from_its_curve(tmp_path):
+def test_the_minimum_and_the_divergence_are_read_off_the_curve(tmp_path):
+    """Every record has its curve, so what the rule saw is read off it, not trusted to fields of the record."""
     records = [lr_find_record(0, 70), lr_find_record(1, 72)]
     want = records[0]["lr_find"].pop("diverged_lr")
     records[0]["lr_find"].pop("raw_losses")
@@ -105,7 +106,33 @@ def test_a_record_made_before_the_divergence_lr_was_kept_gets_it_from_its_curve(
     for n, record in enumerate(records):
         paths.append(tmp_path / f"{n}.json")
         paths[-1].write_text(json.dumps(record))
-    assert gather(paths)["seeds"][0]["diverged_lr"] == want
+    first = gather(paths)["seeds"][0]
+    assert first["diverged_lr"] == want and first["minimum_lr"] == first["lr_max"]  # a narrow valley: the minimum
+
+
+def flat_valley_record(seed: int) -> dict:
+    """A run at the left end of a flat valley (Adam's shape): the smoothed minimum lies 8x further right."""
+    record = lr_find_record(seed, 70, optimizer="adam")
+    lrs = np.geomspace(1e-4, 10, 100)
+    x = np.log10(lrs)
+    loss = np.where(x < -1.5, 2.3 - 0.4 * (x + 4) / 2.5, 1.9 - 0.002 * (x + 1.5))
+    loss[x > -0.6] += 3 * (x[x > -0.6] + 0.6) ** 2
+    choice = choose_lr_max(lrs.tolist(), loss.tolist())
+    record["lr_find"] = LRFindResult(lrs.tolist(), loss.tolist(), choice.lr_max, choice.lr_max / 100,
+                                     choice.steepest_lr, diverged_lr=choice.diverged_lr).to_dict()
+    return record
+
+
+def test_a_flat_valley_shows_the_smoothed_minimum_beside_lrmax(tmp_path):
+    paths = [tmp_path / "0.json", tmp_path / "1.json"]
+    for seed, path in enumerate(paths):
+        path.write_text(json.dumps(flat_valley_record(seed)))
+    gathered = gather(paths)
+    row = gathered["seeds"][0]
+    assert row["minimum_lr"] > 4 * row["lr_max"]
+    ax = plot_lr_seeds(gathered["seeds"], gathered["spread"], gathered["rule"]).axes[0]
+    squares = [line for line in ax.get_lines() if line.get_marker() == "s" and len(line.get_xdata()) == 1]
+    assert sorted(float(line.get_xdata()[0]) for line in squares) == sorted(r["minimum_lr"] for r in gathered["seeds"])
 
 
 def test_the_command_writes_the_record_and_the_figure(inputs, tmp_path, capsys):
@@ -117,7 +144,7 @@ def test_the_command_writes_the_record_and_the_figure(inputs, tmp_path, capsys):
     assert record["config"]["data_dir"] == "cifar10-official" and record["seeds"][3]["source"] == "lr_find.json"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = stdout.splitlines()
-    assert lines[0].split()[:5] == ["seed", "precision", "LRMAX", "diverged", "steepest"]
+    assert lines[0].split()[:6] == ["seed", "precision", "LRMAX", "minimum", "diverged", "steepest"]
     assert [line.split()[:2] for line in lines[1:6]] == [["0", "bf16"], ["1", "bf16"], ["2", "bf16"], ["3", "fp32"],
                                                         ["4", "fp32"]]
     s = record["spread"]["lr_max"]
@@ -134,6 +161,7 @@ def test_the_figure_draws_every_curve_and_its_picks_with_the_precision_in_the_le
     for row, curve in zip(gathered["seeds"], curves):
         assert np.allclose(curve.get_ydata(), row["losses"])
         picks = [line for line in ax.get_lines() if len(line.get_xdata()) == 1 and line.get_color() == curve.get_color()]
+        # the smoothed minimum is LRMAX on these curves: drawn once
         assert sorted(float(p.get_xdata()[0]) for p in picks) == sorted([row["lr_max"], row["diverged_lr"], row["steepest_lr"]])
     legend = [t.get_text() for t in ax.artists[0].get_texts()] if ax.artists else []
     assert legend[:1] == [f"seed 0 (bf16): LRMAX {gathered['seeds'][0]['lr_max']:.3g}"]
