@@ -26,6 +26,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must lie in 1..65535 (got {value})")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -173,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--weights", help="a weights file (default: results/custom_resnet_cifar10.pt, the shipped weights)")
     app.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default): this computer only; 0.0.0.0: every "
                      "network interface")
-    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--port", type=_port, default=7860, help="the port to serve on")
     app.add_argument("--records", nargs="+", help="run records, the weights' own first, then the other seeds' "
                      "(default: results/headline.json results/official-seed1.json results/official-seed2.json)")
     app.add_argument("--samples", help="the sample folder (default: results/app-samples)")
@@ -472,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(AttributeError, ValueError):  # a log file sees each line when it is printed
         sys.stdout.reconfigure(line_buffering=True)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's own usage, which lists its flags, not the top level's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command in ("train", "lr-find"):
             cfg = config_from_args(args)

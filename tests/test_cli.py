@@ -62,6 +62,16 @@ def test_no_subcommand_is_a_usage_error(capsys):
     assert code == 2 and "usage:" in err and out == ""
 
 
+@pytest.mark.parametrize("argv, usage", [(["train", "--bogus-flag"], "train"), (["lr-find", "--epochs", "3"], "lr-find"),
+                                         (["app", "--port", "-1"], "app"), (["app", "--port", "99999"], "app")])
+def test_a_bad_flag_gets_its_commands_usage_and_exit_2(argv, usage, capsys):
+    """Not the top level's usage (which lists no flags) and never a traceback (a port outside 1..65535 once
+    reached the socket's bind and ended in an OverflowError)."""
+    code, out, err = cli_main(argv, capsys)
+    assert code == 2 and out == ""
+    assert err.startswith(f"usage: python -m modular {usage}") and argv[1] in err and "Traceback" not in err
+
+
 def test_train_help_lists_the_documented_flags(results):
     text = results["help train"].stdout
     for flag in ("--data-dir", "--epochs", "--batch-size", "--max-lr", "--peak-epoch", "--resume", "--output-dir",
