@@ -56,6 +56,36 @@ def test_a_fast_loop_prints_nothing_and_a_slow_step_still_prints_every_30_second
     assert [int(LINE.match(line)["done"]) for line in lines] == [3, 6, 9]
 
 
+def test_in_a_notebook_printed_lines_take_one_output_that_is_emptied_at_the_end(monkeypatch, capsys):
+    """A saved notebook keeps none of them: nine 'evaluation: N/20 batches' lines once stayed in one."""
+    import IPython.display
+
+    shown: list[dict] = []
+
+    class Handle:
+        def update(self, data, raw):
+            shown.append(data)
+
+    def display(data, raw, display_id):
+        shown.append(data)
+        return Handle()
+
+    monkeypatch.setattr(IPython.display, "display", display)
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    clock = Clock()
+    lines = ProgressLines("evaluation", 20, "batches", clock=clock)  # the default log, print
+    for done in range(1, 21):
+        clock.now += 6.0
+        lines.update(done)
+    lines.close()
+    assert [int(LINE.match(d["text/plain"])["done"]) for d in shown[:-1]] == [2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert shown[-1] == {} and capsys.readouterr().out == ""
+
+
+def test_outside_a_notebook_there_is_no_kernel():
+    assert not progress.in_notebook()
+
+
 def test_the_range_test_prints_progress_lines_in_a_log(every_line):
     cfg = Config(batch_size=32, lr_find_iters=20, device="cpu", precision="fp32")
     prepared = prepare(cfg, synthetic_cifar10(n_train=100, n_test=20, seed=3))
