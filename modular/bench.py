@@ -1,4 +1,4 @@
-"""Side-by-side throughput benchmark, with the trainer's own step.
+"""Side-by-side throughput benchmark, with the training loop's own step (``learner.train_one_epoch``).
 
 Measures, in one process and interleaved (so that load from elsewhere hits all alike):
 the default training path of this device against a plain fp32 NCHW baseline (what the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.device import Runtime, hardware_name, select_runtime, versions
 from modular.jsonio import write_record
+from modular.learner import build_criterion, build_optimizer, new_model, train_one_epoch
 from modular.loaders import default_workers, make_loaders
-from modular.train import Trainer, build_criterion, build_optimizer
+from modular.schedule import one_cycle
 from modular.transforms import test_transforms, train_transforms
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
@@ -40,16 +42,17 @@ def training_flops_per_image(model: torch.nn.Module) -> float:
 
 
 class StepTimer:
-    """Times ``steps`` training steps of one configuration on a fixed synthetic batch."""
+    """Times ``steps`` training steps of one configuration: the training loop itself (``train_one_epoch``)
+    over one fixed synthetic batch already on the device."""
 
     def __init__(self, runtime: Runtime, cfg: Config, batch_size: int, compile_model: bool = False):
-        from modular.prepare import new_model
-
         self.runtime = runtime
         self.model = runtime.prepare_model(new_model(cfg))
-        self.trainer = Trainer(torch.compile(self.model) if compile_model else self.model,
-                               build_optimizer(self.model, cfg, 0.01, fused=runtime.fused_optimizer),
-                               build_criterion(cfg), runtime.grad_scaler(), runtime)
+        self.step_model = torch.compile(self.model) if compile_model else self.model
+        self.optimizer = build_optimizer(self.model, cfg, 0.01, fused=runtime.fused_optimizer)
+        self.criterion, self.scaler = build_criterion(cfg), runtime.grad_scaler()
+        # long enough for every timed step (the LR a step uses does not change its cost)
+        self.scheduler = one_cycle(self.optimizer, cfg, 0.01, steps_per_epoch=10_000)
         generator = torch.Generator().manual_seed(0)
         self.images = runtime.to_device(torch.randn(batch_size, 3, 32, 32, generator=generator))
         self.targets = torch.randint(0, 10, (batch_size,), generator=generator).to(runtime.device)
@@ -61,8 +64,10 @@ class StepTimer:
     def train_images_per_s(self, steps: int) -> float:
         self._sync()
         began = time.perf_counter()
-        for _ in range(steps):
-            self.trainer.step(self.images, self.targets)
+        with warnings.catch_warnings():  # fp16: GradScaler's skipped first steps (as in Learner.fit_one_cycle)
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            train_one_epoch(self.step_model, self.criterion, self.optimizer, self.scheduler, self.scaler,
+                            [(self.images, self.targets)] * steps, self.runtime, epoch=1, log=lambda _: None)
         self._sync()
         return steps * len(self.targets) / (time.perf_counter() - began)
 
@@ -73,7 +78,7 @@ class StepTimer:
         began = time.perf_counter()
         for _ in range(steps):
             with self.runtime.autocast():
-                self.trainer.model(self.images)
+                self.step_model(self.images)
         self._sync()
         self.model.train()
         return steps * len(self.targets) / (time.perf_counter() - began)

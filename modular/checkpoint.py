@@ -1,7 +1,8 @@
-"""Atomic checkpoint writes and validated reads.
+"""Atomic checkpoint writes and validated reads, and what a run keeps in every checkpoint.
 
 A checkpoint is one dict (torchvision's reference style): model, optimizer, scheduler, scaler,
-epoch, history, lr_per_step, rng, config, and the run's facts (mean, std, lr_max, lr_min, lr_find).
+epoch, history, lr_per_step, rng, config, and the run's facts (``RunFacts``: mean, std, lr_max, lr_min,
+lr_find, ...).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import re
 import socket
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from modular.config import Config
 
 FORMAT = "era-s10-checkpoint/1"
 WEIGHTS_FORMAT = "era-s10-weights/1"  # modular/weights.py's file: told apart here so the error can say so
@@ -139,3 +143,65 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | 
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]  # line 0 is "Error(s) in loading state_dict for ..."
         raise CheckpointError(f"{path} holds weights of another model ({detail.rstrip('.')})") from None
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore a checkpoint's optimizer state, keeping this run's choice of fused kernels (the saved
+    param groups carry the flag of the run that wrote them, possibly on another device) and this
+    run's memory layout: buffers shaped like their parameter (momentum, Adam's averages) take its
+    strides. A checkpoint written in NCHW (on MPS, or by an older CPU fp32 run) otherwise keeps NCHW
+    buffers beside channels_last parameters, and fused SGD on CUDA refuses to step with them."""
+    fused = [group.get("fused") for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, flag in zip(optimizer.param_groups, fused):
+        group["fused"] = flag
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+@dataclass
+class RunFacts:
+    """What a run decided before its first step; stored in every checkpoint and in the run record
+    (these names are the record's fields)."""
+    mean: list[float]
+    std: list[float]
+    lr_max: float | None = None                     # OneCycle's peak: from the range test or --max-lr
+    lr_min: float | None = None                     # lr_max / div_factor, the schedule's first LR
+    lr_find: dict | None = None                     # the range test (LRFindResult.to_dict()); None with --max-lr
+    lr_find_seconds: float = 0.0
+    commit: list[dict] = field(default_factory=list)  # the code of each part (start, every resume): the CLI notes it
+    ran_on: list[dict] = field(default_factory=list)  # device, precision, hardware of each part (older runs: empty)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunFacts:
+        """From a checkpoint or a run record (other keys are ignored)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def checkpoint_path(cfg: Config) -> Path:
+    return Path(cfg.output_dir) / "checkpoint.pt"
+
+
+def find_checkpoint(cfg: Config, resume: bool) -> dict | None:
+    """The checkpoint in cfg.output_dir to continue, or None for a new run.
+
+    Without ``resume`` an existing checkpoint is an error (finished epochs are never overwritten
+    silently). With it, the checkpoint must come from the same configuration.
+    """
+    path = checkpoint_path(cfg)
+    if not path.exists():
+        return None
+    if not resume:
+        raise CheckpointError(f"{path} already exists: pass --resume to continue that run, "
+                              "or choose another --output-dir")
+    state = load_checkpoint(path, RESUME_REQUIRED)
+    differences = cfg.differences(Config.from_dict(state["config"]))
+    if differences:
+        raise CheckpointError(f"{path} belongs to another configuration ({'; '.join(differences[:3])}); "
+                              "rerun with the same flags, or choose another --output-dir")
+    return state

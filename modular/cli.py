@@ -256,14 +256,15 @@ def sigterm_as_interrupt():
 
 
 def cmd_train(args, cfg: Config, argv: list[str]) -> int:
-    from modular.pipeline import checkpoint_path, record_so_far, run
+    from modular.checkpoint import checkpoint_path
+    from modular.train_command import record_so_far, train
 
     if args.record_so_far:
         record_so_far(cfg)
         return 0
     try:
         with sigterm_as_interrupt():
-            run(cfg, resume=args.resume)
+            train(cfg, resume=args.resume)
     except KeyboardInterrupt as stop:
         path = checkpoint_path(cfg)
         saved = f"the last finished epoch is saved in {path}" if path.exists() else "no epoch had finished"
@@ -274,47 +275,40 @@ def cmd_train(args, cfg: Config, argv: list[str]) -> int:
 
 
 def cmd_lr_find(args, cfg: Config) -> int:
-    import time
-
-    from modular.pipeline import describe_range_test, lr_range_test, prepare_output_dir, save_range_test
-    from modular.prepare import new_model, prepare
+    from modular.learner import Learner
+    from modular.train_command import prepare_output_dir, range_test
 
     prepare_output_dir(cfg.output_dir)
-    prepared = prepare(cfg)
-    print(f"data: {prepared.data.source}; device: {prepared.runtime.describe()}; {describe_range_test(cfg)}", flush=True)
-    started = time.perf_counter()
-    found = lr_range_test(prepared, new_model(cfg))
-    plot = save_range_test(prepared, found, time.perf_counter() - started)
+    learner = Learner(cfg)
+    print(f"data: {learner.data.source}; device: {learner.runtime.describe()}", flush=True)
+    found = range_test(learner)
     steepest = "none" if found.steepest_lr is None else f"{found.steepest_lr:.3g}"
     diverged = "never diverged" if found.diverged_lr is None else f"diverged at LR {found.diverged_lr:.3g}"
-    print(f"LRMAX {found.lr_max:.4g}  LRMIN {found.lr_min:.4g}; {diverged}; "
-          f"torch-lr-finder's steepest-descent suggestion {steepest}; plot: {plot}\nrule: {found.rule}")
+    print(f"{diverged}; torch-lr-finder's steepest-descent suggestion {steepest}\nrule: {found.rule}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from modular.evaluate import full_evaluation
     from modular.trained.inference import load_for_evaluation
 
     if args.record and not args.weights:
         args.command_parser.error("--record goes with --weights: it notes what a run's exported weights file reaches "
                                   "in that run's record; a checkpoint's own evaluation is in its run's run.json")
     loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, args.device)
+    learner = loaded.learner
     if args.record:
-        check_record_test_set(args.record, loaded.prepared.data)
-    data = loaded.prepared.data
-    print(f"{loaded.description}\ndata: {data.source}: {len(data.test_labels):,} test images; "
-          f"device: {loaded.prepared.runtime.describe()}", flush=True)
-    result = full_evaluation(loaded.model, loaded.prepared.test_loader, loaded.prepared.runtime, data.classes,
-                             loaded.criterion)
-    print(f"test accuracy {result['test_acc']:.2f}%  loss {result['test_loss']:.4f}  cross-entropy {result['test_ce']:.4f}  "
-          f"flip TTA {result['tta_test_acc']:.2f}%")
-    for name, acc in result["per_class_acc"].items():
+        check_record_test_set(args.record, learner.data)
+    print(f"{loaded.description}\ndata: {learner.data.source}: {len(learner.data.test_labels):,} test images; "
+          f"device: {learner.runtime.describe()}", flush=True)
+    result = learner.evaluate()
+    print(f"test accuracy {result.test_acc:.2f}%  loss {result.test_loss:.4f}  cross-entropy {result.test_ce:.4f}  "
+          f"flip TTA {result.tta_test_acc:.2f}%")
+    for name, acc in result.per_class_acc.items():
         print(f"  {name:<12}{acc:6.2f}%")
     if args.record:
         from modular.trained.weights import record_evaluation
 
-        record_evaluation(args.record, args.weights, result, loaded.prepared.data.source)
+        record_evaluation(args.record, args.weights, result.to_dict(), learner.data.source)
         print(f"noted in {args.record}")
     return 0
 
@@ -338,10 +332,10 @@ def cmd_gradcam(args) -> int:
     from modular.plots import save_figure
     from modular.trained.inference import gradcam_figure, load_for_evaluation
 
-    loaded = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, device="cpu")
-    record = check_record_test_set(args.record, loaded.prepared.data) if args.record else None
+    learner = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, device="cpu").learner
+    record = check_record_test_set(args.record, learner.data) if args.record else None
     output = default_output(args.output, args.checkpoint, args.weights, GRADCAM_PNG)
-    path = save_figure(gradcam_figure(loaded.model, loaded.prepared, record), output)
+    path = save_figure(gradcam_figure(learner, record["misclassified"] if record else None), output)
     print(f"Grad-CAM figure: {path}")
     return 0
 
@@ -464,12 +458,12 @@ def cmd_lr_seeds(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from modular.checkpoint import CheckpointError
     from modular.data import DataError
+    from modular.learner import DivergenceError
     from modular.lr_finder import LRFinderError
     from modular.lr_seeds import LRSeedsError
-    from modular.pipeline import OutputDirError
     from modular.report import ReportError
     from modular.testset import TestSetError
-    from modular.train import DivergenceError
+    from modular.train_command import OutputDirError
     from modular.trained.app import AppSetupError
     from modular.trained.predict import ImageError
     from modular.trained.samples import SampleError

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from modular.config import CIFAR10_CLASSES, ConfigError
+from modular.config import CIFAR10_CLASSES, Config, ConfigError
 
 ACCEPTED_LAYOUTS = (
     "a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz, "
@@ -92,6 +92,13 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download_root: str |
     if tree is None:
         raise DataError(f"{setting} {path} holds no CIFAR-10; give {ACCEPTED_LAYOUTS}")
     return _load_image_tree(tree)
+
+
+def load_data(cfg: Config, setting: str = "--data-dir") -> CifarData:
+    """CIFAR-10 as ``cfg`` says (cfg.data_dir, or torchvision's download), reduced to cfg.subset if set;
+    errors name ``setting``, what the user gives cfg.data_dir with."""
+    data = load_cifar10(cfg.data_dir, cfg.download_root, setting)
+    return data.subset(cfg.subset, cfg.seed) if cfg.subset else data
 
 
 def _load_torchvision(root: Path, download: bool, setting: str = "--data-dir") -> CifarData:

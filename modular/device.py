@@ -125,6 +125,12 @@ def hardware_name(device: torch.device) -> str:
     return f"{name} ({torch.get_num_threads()} threads)"
 
 
+def runtime_part(runtime: Runtime, from_epoch: int = 0) -> dict:
+    """What one part of a run (the start, or a resume after ``from_epoch`` epochs) ran on."""
+    return {"from_epoch": from_epoch, "device": runtime.device.type, "precision": runtime.precision,
+            "channels_last": runtime.channels_last, "hardware": hardware_name(runtime.device)}
+
+
 def versions() -> dict[str, str]:
     """Installed versions of what a run depends on, read from package metadata: nothing is imported
     (importing torch_lr_finder here once printed tqdm's warning into the notebook)."""

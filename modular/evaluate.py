@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -92,17 +92,32 @@ def gallery_sample(wrong: list[dict[str, int]], n: int = 20) -> list[dict[str, i
     return wrong[:: max(1, len(wrong) // n)][:n]
 
 
-def full_evaluation(model, loader, runtime, classes, criterion=None, log: Callable[[str], None] | None = print) -> dict:
-    """Everything the run record holds about the test set, accuracies in percent; progress through
-    ``log`` (None: none)."""
+@dataclass
+class Evaluation:
+    """Everything the run record holds about the test set (accuracies in percent); ``to_dict`` gives
+    the record's fields."""
+    test_acc: float
+    test_loss: float                 # the training criterion (label smoothing included)
+    test_ce: float                   # plain cross-entropy
+    tta_test_acc: float              # flip TTA, reported apart
+    per_class_acc: dict[str, float]
+    confusion_matrix: list[list[int]]  # rows: true class; columns: predicted class
+    misclassified: list[dict[str, int]]
+    images: int
+
+    def to_dict(self) -> dict:
+        return {name: value for name, value in asdict(self).items() if name != "images"}
+
+    def __str__(self) -> str:
+        return (f"test accuracy {self.test_acc:.2f}%, flip TTA {self.tta_test_acc:.2f}% (not counted); test loss "
+                f"{self.test_loss:.4f}, cross-entropy {self.test_ce:.4f}; {self.images:,} test images")
+
+
+def full_evaluation(model, loader, runtime, classes, criterion=None,
+                    log: Callable[[str], None] | None = print) -> Evaluation:
+    """The test set through ``model`` once, and once mirrored (flip TTA); progress through ``log`` (None: none)."""
     plain = predict(model, loader, runtime, criterion, flip_tta=True, log=log)
     matrix = confusion_matrix(plain.labels, plain.predicted, len(classes))
-    return {
-        "test_acc": plain.accuracy,
-        "test_loss": plain.loss,
-        "test_ce": plain.cross_entropy,
-        "tta_test_acc": plain.tta_accuracy,
-        "per_class_acc": per_class_accuracy(matrix, classes),
-        "confusion_matrix": matrix.tolist(),
-        "misclassified": misclassified(plain.labels, plain.predicted),
-    }
+    return Evaluation(plain.accuracy, plain.loss, plain.cross_entropy, plain.tta_accuracy,
+                      per_class_accuracy(matrix, classes), matrix.tolist(), misclassified(plain.labels, plain.predicted),
+                      len(plain.labels))

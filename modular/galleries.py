@@ -112,7 +112,8 @@ def plot_gradcam(images: np.ndarray, maps_predicted: np.ndarray, maps_actual: np
         for ax, heat, label in ((pred_ax, maps_predicted[i], f"pred: {_class_name(predicted[i], classes)}"),
                                 (true_ax, maps_actual[i], f"true: {_class_name(actual[i], classes)}")):
             ax.imshow(images[i], interpolation="nearest")
-            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="bilinear")
+            # the map has the image's 32x32 cells and is drawn like it, cell by cell (which also keeps the PNG small)
+            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_title(label, fontsize=7)
     fig.suptitle("Grad-CAM on Layer3's residual output (X + R2): evidence for the predicted and for the true class;\n"
                  "the two maps of an image share one colour scale (1 = the stronger map's peak)", fontsize=9)

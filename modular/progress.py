@@ -1,6 +1,7 @@
 """Progress of the long loops (range test, training epochs, evaluation) where the user looks: a live
-bar in a terminal; elsewhere (a log file, a pipe, a notebook's output) one line every few percent,
-because a bar redrawn in place shows nothing there until it ends."""
+bar in a terminal; elsewhere (a log file, a pipe) one line every few percent, because a bar redrawn in
+place shows nothing there until it ends. In a notebook those lines, printed, take one output that is
+rewritten in place and emptied when the loop ends, so a saved notebook keeps none of them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,32 @@ MAX_SECONDS = 30.0     # ...and a line whenever this long has passed without one
 def terminal() -> bool:
     """A live bar only where it is redrawn before someone's eyes: stderr is a terminal."""
     return sys.stderr.isatty()
+
+
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel (Colab's too), whose printed lines stay in the saved notebook."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
+
+
+class LiveLine:
+    """One output of a notebook cell that shows the latest line given to it (an IPython display handle)."""
+
+    def __init__(self) -> None:
+        self.handle = None
+
+    def __call__(self, text: str) -> None:
+        from IPython.display import display
+
+        if self.handle is None:
+            self.handle = display({"text/plain": text}, raw=True, display_id=True)
+        else:
+            self.handle.update({"text/plain": text}, raw=True)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.update({}, raw=True)
 
 
 def _duration(seconds: float) -> str:
@@ -39,6 +66,13 @@ class ProgressLines:
 
     def __post_init__(self) -> None:
         self.started = self._last_time = self.clock()
+        if self.log is print and in_notebook():
+            self.log = LiveLine()
+
+    def close(self) -> None:
+        """The loop has ended: a notebook's live line is emptied (the caller's result follows)."""
+        if isinstance(self.log, LiveLine):
+            self.log.close()
 
     def update(self, done: int) -> None:
         """``done`` of ``total`` finished: print a line if one is due (never for the last: the caller's
@@ -69,6 +103,9 @@ def track(iterable: Iterable, what: str, total: int, unit: str = "steps", log: C
         yield from tqdm(iterable, desc=what, total=total, leave=False, dynamic_ncols=True)
         return
     lines = ProgressLines(what, total, unit, log)
-    for done, item in enumerate(iterable):
-        lines.update(done)
-        yield item
+    try:
+        for done, item in enumerate(iterable):
+            lines.update(done)
+            yield item
+    finally:
+        lines.close()

@@ -195,7 +195,7 @@ class SharedRun:
     output_dir: Path      # run.json, checkpoint.pt, plots
     args: list[str]       # the CLI arguments that describe it (without --resume)
     cfg: object           # its Config
-    record: dict          # what pipeline.run returned
+    record: dict          # what train_command.train returned
     log: list[str]        # what it printed
 
     @property
@@ -219,15 +219,15 @@ def shared_tree(tmp_path_factory) -> Path:
 def shared_run(tmp_path_factory) -> SharedRun:
     """A 2-epoch run on ``shared_tree`` (--max-lr 0.2, batch 32, fp32), run once per session."""
     if "run" not in _CACHE:
-        from modular import pipeline
         from modular.cli import build_parser, config_from_args
+        from modular.train_command import train
 
         tree = shared_tree(tmp_path_factory)
         out = tmp_path_factory.mktemp("shared_run") / "out"
         args = ["train", "--data-dir", str(tree), "--output-dir", str(out), *SHARED_FLAGS]
         cfg = config_from_args(build_parser().parse_args(args))
         log: list[str] = []
-        record = pipeline.run(cfg, log=log.append)
+        record = train(cfg, log=log.append)
         _CACHE["run"] = SharedRun(tree, out, args, cfg, record, log)
     return _CACHE["run"]
 

@@ -58,4 +58,4 @@ def test_full_evaluation_runs_the_test_set_once_with_its_mirror(batches):
     model, runtime = CountingModel(), select_runtime("cpu", "fp32")
     result = full_evaluation(model, batches, runtime, [str(i) for i in range(10)])
     assert model.calls == 2 * len(batches)
-    assert {"test_acc", "test_loss", "test_ce", "tta_test_acc"} <= set(result)
+    assert {"test_acc", "test_loss", "test_ce", "tta_test_acc"} <= set(result.to_dict())

@@ -1,5 +1,5 @@
 """The CUDA path, tested on the CPU: precision by compute capability (CUDA queries mocked), no host
-read per training step on the fp16 path, a fused SGD that survives GradScaler's skipped first steps,
+read per training step (``learner.train_one_epoch``) on the fp16 path, a fused SGD that survives GradScaler's skipped first steps,
 and one copy per batch."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import collections
 import contextlib
 import os
 import sys
+from dataclasses import dataclass
 
 import helpers  # noqa: F401  (environment and sys.path)
 import numpy as np
@@ -15,20 +16,13 @@ import pytest
 import torch
 
 from modular import device as device_module
+from modular.checkpoint import load_optimizer_state
 from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.device import Runtime, select_runtime
+from modular.learner import READ_EVERY, DivergenceError, build_criterion, build_optimizer, train_one_epoch
 from modular.loaders import make_loaders
 from modular.schedule import one_cycle
-from modular.train import (
-    READ_EVERY,
-    DivergenceError,
-    Trainer,
-    build_criterion,
-    build_optimizer,
-    load_optimizer_state,
-    train_epoch,
-)
 from modular.transforms import test_transforms as make_test_transforms
 from modular.transforms import train_transforms
 
@@ -121,15 +115,6 @@ def counting_host_reads():
             setattr(torch.Tensor, name, original)
 
 
-class Batches(list):
-    """Fixed batches with the sampler hook train_epoch calls."""
-
-    class sampler:  # noqa: N801
-        @staticmethod
-        def set_epoch(epoch):
-            pass
-
-
 FP16 = Runtime(torch.device("cpu"), torch.float16, channels_last=True)
 
 
@@ -139,23 +124,40 @@ def small_net() -> torch.nn.Module:
                                torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
 
 
-def fp16_trainer(steps: int, fused: bool = True, max_lr: float = 0.05):
+@dataclass
+class Fp16Epoch:
+    """What ``train_one_epoch`` is given on the fp16 path: model, loss, fused SGD, OneCycle, GradScaler, batches."""
+    model: torch.nn.Module
+    criterion: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    batches: list
+
+    def run(self):
+        return train_one_epoch(self.model, self.criterion, self.optimizer, self.scheduler, self.scaler, self.batches,
+                               FP16, epoch=1)
+
+
+def fp16_epoch(steps: int, fused: bool = True, max_lr: float = 0.05) -> Fp16Epoch:
     cfg = Config(epochs=1, batch_size=8)
     torch.manual_seed(0)
     model = FP16.prepare_model(small_net())
     optimizer = build_optimizer(model, cfg, max_lr / cfg.div_factor, fused=fused)
-    trainer = Trainer(model, optimizer, build_criterion(cfg), FP16.grad_scaler(), FP16)
     g = torch.Generator().manual_seed(1)
-    batches = Batches([(torch.randn(8, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last),
-                        torch.randint(0, 10, (8,), generator=g)) for _ in range(steps)])
-    return trainer, one_cycle(optimizer, cfg, max_lr, steps), batches
+    batches = [(torch.randn(8, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last),
+                torch.randint(0, 10, (8,), generator=g)) for _ in range(steps)]
+    return Fp16Epoch(model, build_criterion(cfg), optimizer, one_cycle(optimizer, cfg, max_lr, steps), FP16.grad_scaler(),
+                     batches)
 
 
-def host_reads_in_an_epoch(steps: int, fused: bool = True) -> int:
-    trainer, scheduler, batches = fp16_trainer(steps, fused)
-    assert trainer.scaler.is_enabled() and trainer.runtime.needs_grad_scaler
+def host_reads_in_an_epoch(steps: int, fused: bool = True, criterion=None) -> int:
+    """Host reads in one fp16 epoch of ``steps`` steps; ``criterion(loss_fn)`` may wrap the loss."""
+    epoch = fp16_epoch(steps, fused)
+    assert epoch.scaler.is_enabled() and FP16.needs_grad_scaler
+    epoch.criterion = criterion(epoch.criterion) if criterion else epoch.criterion
     with counting_host_reads() as counts:
-        train_epoch(trainer, batches, scheduler, epoch=1)
+        epoch.run()
     return sum(counts.values())
 
 
@@ -172,39 +174,39 @@ def test_the_host_read_counter_sees_an_unfused_gradscaler_step():
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
-def test_the_host_read_counter_sees_a_copy_to_the_cpu(monkeypatch):
+def test_the_host_read_counter_sees_a_copy_to_the_cpu():
     """A blocking ``.to("cpu")`` of the loss every step is a host read like ``.item()``."""
-    real_step = Trainer.step
+    def copying(criterion):
+        def loss_and_copy(logits, targets):
+            loss = criterion(logits, targets)
+            loss.to("cpu")
+            return loss
+        return loss_and_copy
 
-    def step_and_copy(self, images, targets):
-        loss, logits = real_step(self, images, targets)
-        return loss.to("cpu"), logits
-
-    monkeypatch.setattr(Trainer, "step", step_and_copy)
-    assert host_reads_in_an_epoch(12) - host_reads_in_an_epoch(4) == 8
+    assert host_reads_in_an_epoch(12, criterion=copying) - host_reads_in_an_epoch(4, criterion=copying) == 8
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
-def poison_third_loss(trainer) -> list:
-    """Make the trainer's third loss NaN; returns the list that counts the criterion's calls."""
-    criterion, calls = trainer.criterion, []
+def poison_third_loss(epoch: Fp16Epoch) -> list:
+    """Make the epoch's third loss NaN; returns the list that counts the criterion's calls."""
+    criterion, calls = epoch.criterion, []
 
     def poisoned(logits, targets):
         calls.append(1)
         loss = criterion(logits, targets)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    trainer.criterion = poisoned
+    epoch.criterion = poisoned
     return calls
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
 def test_the_nan_check_is_read_every_read_every_steps_not_only_at_the_end():
     """A NaN at step 3 of a 35-step epoch stops the epoch at its first read, step READ_EVERY (25),
     as the README says; a check read only at the end would run all 35 steps on spoiled weights."""
-    trainer, scheduler, batches = fp16_trainer(READ_EVERY + 10)
-    calls = poison_third_loss(trainer)
+    epoch = fp16_epoch(READ_EVERY + 10)
+    calls = poison_third_loss(epoch)
     with pytest.raises(DivergenceError, match=r"step 3; lower --max-lr$"):
-        train_epoch(trainer, batches, scheduler, epoch=1)
+        epoch.run()
     assert len(calls) == READ_EVERY
 
 
@@ -214,20 +216,20 @@ def test_fused_sgd_survives_skipped_first_steps_like_plain_sgd():
     plain SGD does (without the zeroed momentum buffers it adds uninitialised memory to the weights)."""
     weights = []
     for fused in (True, False):
-        trainer, scheduler, batches = fp16_trainer(6, fused)
-        train_epoch(trainer, batches, scheduler, epoch=1)
-        assert trainer.scaler.get_scale() < 65536.0  # some steps were skipped
-        weights.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
+        epoch = fp16_epoch(6, fused)
+        epoch.run()
+        assert epoch.scaler.get_scale() < 65536.0  # some steps were skipped
+        weights.append(torch.cat([p.detach().flatten() for p in epoch.model.parameters()]))
     assert torch.isfinite(weights[0]).all()
     assert torch.allclose(weights[0], weights[1], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
-def test_a_nan_loss_is_reported_at_its_own_step_though_read_later(monkeypatch):
-    trainer, scheduler, batches = fp16_trainer(12)
-    poison_third_loss(trainer)
+def test_a_nan_loss_is_reported_at_its_own_step_though_read_later():
+    epoch = fp16_epoch(12)
+    poison_third_loss(epoch)
     with pytest.raises(DivergenceError, match=r"^loss became NaN/inf at epoch 1, step 3; lower --max-lr$"):
-        train_epoch(trainer, batches, scheduler, epoch=1)
+        epoch.run()
 
 
 def test_resuming_keeps_this_runs_fused_choice():

@@ -8,9 +8,10 @@ import pytest
 import torch
 from helpers import NO_NETWORK, cli_main, shared_run, small_tree
 
-from modular import notebook, pipeline
+from modular import notebook
 from modular.config import Config
-from modular.data import DataError
+from modular.data import DataError, load_data
+from modular.train_command import train
 from modular.trained import weights
 
 
@@ -92,15 +93,25 @@ def test_a_damaged_weights_file_says_how_to_get_it_back(shipped, weights_file, i
     assert ("git checkout -- results/custom_resnet_cifar10.pt" in err) == shipped
 
 
+def notebook_code() -> str:
+    import json
+
+    from helpers import ROOT
+
+    cells = json.loads((ROOT / "era_s10_cifar.ipynb").read_text())["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
 def test_the_notebooks_data_errors_name_cifar10_dir(tmp_path, monkeypatch):
     for name, value in NO_NETWORK.items():  # the download fails at once
         monkeypatch.setenv(name, value)
     offline = Config(download_root=str(tmp_path / "data"))
+    assert f'load_data(cfg, setting="{notebook.DATA_SETTING}")' in notebook_code()  # what the notebook calls
     with pytest.raises(DataError, match="could not download CIFAR-10") as raised:
-        notebook.load_data(offline)
+        load_data(offline, setting=notebook.DATA_SETTING)
     assert "CIFAR10_DIR" in str(raised.value) and "--data-dir" not in str(raised.value)
     with pytest.raises(DataError, match=f"CIFAR10_DIR {tmp_path / 'nowhere'} does not exist"):
-        notebook.load_data(Config(data_dir=str(tmp_path / "nowhere")))
+        load_data(Config(data_dir=str(tmp_path / "nowhere")), setting=notebook.DATA_SETTING)
     monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "nowhere"))  # what the message asks for reaches the config
     assert notebook.notebook_config(quick=False, workdir=tmp_path).data_dir == str(tmp_path / "nowhere")
 
@@ -110,7 +121,7 @@ def test_resume_without_a_checkpoint_says_it_starts_a_new_run(tmp_path):
     cfg = Config(data_dir=str(tree), output_dir=str(tmp_path / "out"), epochs=1, max_lr=0.1, batch_size=20,
                  device="cpu", precision="fp32")
     log: list[str] = []
-    pipeline.run(cfg, resume=True, log=log.append)
+    train(cfg, resume=True, log=log.append)
     assert log[0] == f"--resume: no checkpoint in {tmp_path / 'out'}, so this starts a new run"
     assert torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
@@ -120,6 +131,6 @@ def test_a_finished_run_is_shown_as_finished_not_resumed(run, tmp_path):
     out.mkdir()
     shutil.copy(run.checkpoint, out / "checkpoint.pt")
     log: list[str] = []
-    pipeline.run(run.cfg.replace(output_dir=str(out)), resume=True, log=log.append)
+    train(run.cfg.replace(output_dir=str(out)), resume=True, log=log.append)
     assert f"{out / 'checkpoint.pt'} holds a finished run (2 of 2 epochs): nothing left to train; its epochs:" in log
     assert not [line for line in log if line.startswith("resuming")]

@@ -1,4 +1,4 @@
-"""The LR range test through the pipeline, and the rule that turns its curve into LRMAX and LRMIN."""
+"""The LR range test through the Learner, and the rule that turns its curve into LRMAX and LRMIN."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import pytest
 import torch
 from helpers import ROOT
 
-from modular import pipeline
 from modular.config import Config
 from modular.data import synthetic_cifar10
+from modular.learner import Learner
 from modular.lr_finder import FLAT_WIDTH, MIN_POINTS, RULE, SMOOTH_F, LRFinderError, LRFindResult, choose_lr_max, smooth
-from modular.prepare import new_model, prepare
 
 ITERS = 30
 
@@ -24,11 +23,10 @@ ITERS = 30
 def range_tested():
     """(config, model state before, model afterwards, result) of one 30-step range test."""
     cfg = Config(batch_size=32, lr_find_iters=ITERS, device="cpu", precision="fp32")
-    prepared = prepare(cfg, synthetic_cifar10(n_train=200, n_test=50, seed=3))
-    model = new_model(cfg)
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    result = pipeline.lr_range_test(prepared, model)
-    return cfg, before, model, result
+    learner = Learner(cfg, synthetic_cifar10(n_train=200, n_test=50, seed=3))
+    before = {k: v.detach().clone() for k, v in learner.model.state_dict().items()}
+    result = learner.lr_find()
+    return cfg, before, learner.model, result
 
 
 def test_range_test_returns_lrmax_and_lrmin(range_tested):
@@ -188,7 +186,7 @@ def test_range_test_under_the_steepest_rule_records_it():
     from modular.lr_finder import STEEPEST_RULE
 
     cfg = Config(batch_size=32, lr_find_iters=ITERS, device="cpu", precision="fp32", lr_rule="steepest")
-    result = pipeline.lr_range_test(prepare(cfg, synthetic_cifar10(n_train=200, n_test=50, seed=3)), new_model(cfg))
+    result = Learner(cfg, synthetic_cifar10(n_train=200, n_test=50, seed=3)).lr_find()
     assert result.rule == STEEPEST_RULE and result.lr_max == result.steepest_lr
     assert result.lr_min == pytest.approx(result.lr_max / cfg.div_factor)
 

@@ -1,5 +1,5 @@
-"""The notebook's own helpers (config, the shipped-weights path) and what its committed outputs show
-(local paths in them: tests/test_docs.py)."""
+"""The notebook's own helpers (config), the shipped-weights path (a finished run for the Learner), the
+shape of its cells and what its committed outputs show (local paths in them: tests/test_docs.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ import pytest
 import torch
 from helpers import ROOT, shared_run
 
-from modular import notebook
+from modular import figures, notebook
 from modular.config import CIFAR10_CLASSES
-from modular.figures import run_figures
-from modular.prepare import new_model, prepare
+from modular.learner import Learner
 from modular.trained.inference import gradcam_figure
-from modular.trained.weights import export_weights, load_weights
+from modular.trained.weights import export_weights, load_weights, shipped_run
 
 NOTEBOOK = ROOT / "era_s10_cifar.ipynb"
 
@@ -68,57 +67,86 @@ def test_the_shipped_weights_are_evaluated_in_fp32_as_the_command_line_does(quic
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
-    """The shared run's weights and record, as the notebook's weights path finds them."""
+    """The shared run's weights and record, as the notebook's weights path finds them; the record is given
+    the headline's range test (the shared run had --max-lr)."""
     run = shared_run(tmp_path_factory)
     folder = tmp_path_factory.mktemp("shipped")
-    record = shutil.copy(run.output_dir / "run.json", folder / "headline.json")
+    record = folder / "headline.json"
+    found = json.loads((ROOT / "results" / "headline.json").read_text())["lr_find"]
+    record.write_text(json.dumps({**run.record, "lr_find": found}))
     weights = folder / "custom_resnet_cifar10.pt"
     export_weights(run.checkpoint, weights, run.record["classes"])
     return run, record, weights
 
 
-def test_the_weights_path_shows_the_record_and_loads_instead_of_training(shipped, tmp_path, capsys):
+def test_the_shipped_weights_are_a_finished_run_shown_as_recorded_and_evaluated_here(shipped, tmp_path, capsys):
+    """The notebook's weights path: no range test, no training, nothing written; the recorded range test
+    and epochs are shown, and the weights are evaluated on this machine."""
     run, record_path, weights = shipped
     cfg = run.cfg.replace(output_dir=str(tmp_path / "out"), device="cpu")
-    prepared = prepare(cfg)
-    model = new_model(cfg)
-    recorded = notebook.recorded_run(record_path)
-    facts = notebook.decide_lr(prepared, model, recorded)
-    assert facts.lr_max == run.record["lr_max"] and facts.lr_find == run.record["lr_find"]
-    result = notebook.train_or_load(prepared, model, facts, recorded, weights=weights)
+    learner = Learner(cfg, state=shipped_run(record_path, weights))
+    found = learner.lr_find()
+    assert found.to_dict() == json.loads(record_path.read_text())["lr_find"]
+    result = learner.fit_one_cycle(cfg.epochs)
     out = capsys.readouterr().out
-    assert "instead of training" in out and out.count("\n") >= len(run.record["history"]) + 2
-    assert result.history == run.record["history"] and not (tmp_path / "out" / "checkpoint.pt").exists()
+    assert "custom_resnet_cifar10.pt (with headline.json) holds a finished run (2 of 2 epochs): nothing left to train" in out
+    assert out.count("\n") >= len(run.record["history"]) + 2
+    assert result.history == run.record["history"] and result.lr_per_step == run.record["lr_per_step"]
+    assert result.facts.lr_max == run.record["lr_max"] and not (tmp_path / "out").exists()  # nothing written
     images = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(result.model.eval()(images), load_weights(weights).model(images), atol=1e-5)
-    record = notebook.finish(prepared, facts, result, recorded)
-    assert record == run.record and not (tmp_path / "out").exists()  # as recorded; nothing written
-    again = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("evaluation: ")]  # progress
-    assert again[0].startswith("the shipped weights evaluated again here (") and prepared.runtime.describe() in again[0]
-    accuracy = float(again[0].split("test accuracy ")[1].split("%")[0])
-    assert abs(accuracy - run.record["test_acc"]) <= 1.0
-    assert again[1] == f"the recorded run (seed 0, {run.record['hardware']}, fp32), as recorded:"
-    assert gradcam_figure(result.model, prepared, record).axes
+    evaluation = learner.evaluate()
+    assert abs(evaluation.test_acc - run.record["test_acc"]) <= 1.0
+    assert str(evaluation).startswith(f"test accuracy {evaluation.test_acc:.2f}%, flip TTA ")
+    assert gradcam_figure(learner, evaluation.misclassified).axes
 
 
-def test_the_summary_shows_one_run_as_recorded(shipped):
-    record = shipped[0].record
-    table = notebook.summary_table({**record, "hardware": "Recorded CPU (2 threads)", "precision": "bf16"})
-    assert f"test accuracy, epoch {len(record['history'])}" in table and f"{record['test_acc']:.2f}%" in table
-    assert table.splitlines()[-1].split(None, 2)[-1] == "Recorded CPU (2 threads), bf16"
+def test_a_finished_run_started_with_max_lr_has_no_range_test_to_show(shipped, tmp_path):
+    from modular.lr_finder import LRFinderError
+
+    run, _, weights = shipped
+    record = shutil.copy(run.output_dir / "run.json", tmp_path / "run.json")  # --max-lr 0.2: no range test
+    learner = Learner(run.cfg.replace(output_dir=str(tmp_path), device="cpu"), state=shipped_run(record, weights))
+    with pytest.raises(LRFinderError, match=r"started with LRMAX 0.2 given \(--max-lr\): it has no range test"):
+        learner.lr_find()
 
 
 def test_the_test_image_gallery_shows_every_class(shipped, tmp_path):
     run = shipped[0]
     cfg = run.cfg.replace(output_dir=str(tmp_path), device="cpu")  # the record's paths name no folder of this machine
-    figure = run_figures(run.record, prepare(cfg))["test_samples"]
+    learner = Learner(cfg)
+    figure = figures.run_figures(run.record, learner.data, learner.train_transform)["test_samples"]
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert len(titles) == 16 and set(titles[:10]) == set(CIFAR10_CLASSES), titles
 
 
 def test_gradcam_figure_with_nothing_misclassified_says_so(shipped, tmp_path):
     run = shipped[0]
-    cfg = run.cfg.replace(output_dir=str(tmp_path), device="cpu")
-    fig = gradcam_figure(new_model(cfg), prepare(cfg), {**run.record, "misclassified": []})
+    fig = gradcam_figure(Learner(run.cfg.replace(output_dir=str(tmp_path), device="cpu")), [])
     assert "no misclassified test images" in fig.texts[0].get_text()
+
+
+# --------------------------------------------------------------------------------------------
+# The notebook's cells: the Learner's calls in sight, the weights path in one place, outputs a reader needs
+# --------------------------------------------------------------------------------------------
+
+def code_cells() -> list[str]:
+    return ["".join(c["source"]) for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def test_the_cells_call_the_learner_and_the_weights_path_is_one_if_in_one_cell():
+    cells = code_cells()
+    for call in ("learner.lr_find()", "learner.fit_one_cycle(", "learner.evaluate()", "Learner(cfg, data, state)"):
+        assert sum(call in cell for cell in cells) == 1, call
+    uses = [cell for cell in cells if "USE_WEIGHTS" in cell and "os.environ" not in cell]
+    assert len(uses) == 1 and uses[0].count("if USE_WEIGHTS") == 1, uses
+    assert not re.search(r"notebook\.(decide_lr|train_or_load|finish)\b", "\n".join(cells))
+
+
+def test_the_saved_notebook_is_small_and_keeps_no_progress_lines():
+    """Figures at a reader's size (the whole file under 600 kB) and no 'evaluation: 4/20 batches' lines."""
+    assert NOTEBOOK.stat().st_size < 600_000
+    progress = re.compile(r"^.+: \d+/\d+ \w+ \(\d+%\)", re.M)
+    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
+    assert not [text for cell in cells for _, text in output_texts(cell) if progress.search(text)]

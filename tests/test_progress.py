@@ -9,11 +9,12 @@ import subprocess
 import pytest
 from helpers import FAST, PYTHON, ROOT, cli_env, cli_main, shared_run, small_tree, wait_for_epoch
 
-from modular import pipeline, progress
+from modular import progress
 from modular.config import Config
 from modular.data import synthetic_cifar10
-from modular.prepare import new_model, prepare
+from modular.learner import Learner
 from modular.progress import ProgressLines
+from modular.train_command import describe_range_test, train
 
 LINE = re.compile(r"^(?P<what>.+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+) \((?P<percent>\d+)%\), .+ so far, about .+ left")
 
@@ -56,26 +57,55 @@ def test_a_fast_loop_prints_nothing_and_a_slow_step_still_prints_every_30_second
     assert [int(LINE.match(line)["done"]) for line in lines] == [3, 6, 9]
 
 
+def test_in_a_notebook_printed_lines_take_one_output_that_is_emptied_at_the_end(monkeypatch, capsys):
+    """A saved notebook keeps none of them: nine 'evaluation: N/20 batches' lines once stayed in one."""
+    import IPython.display
+
+    shown: list[dict] = []
+
+    class Handle:
+        def update(self, data, raw):
+            shown.append(data)
+
+    def display(data, raw, display_id):
+        shown.append(data)
+        return Handle()
+
+    monkeypatch.setattr(IPython.display, "display", display)
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    clock = Clock()
+    lines = ProgressLines("evaluation", 20, "batches", clock=clock)  # the default log, print
+    for done in range(1, 21):
+        clock.now += 6.0
+        lines.update(done)
+    lines.close()
+    assert [int(LINE.match(d["text/plain"])["done"]) for d in shown[:-1]] == [2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert shown[-1] == {} and capsys.readouterr().out == ""
+
+
+def test_outside_a_notebook_there_is_no_kernel():
+    assert not progress.in_notebook()
+
+
 def test_the_range_test_prints_progress_lines_in_a_log(every_line):
     cfg = Config(batch_size=32, lr_find_iters=20, device="cpu", precision="fp32")
-    prepared = prepare(cfg, synthetic_cifar10(n_train=100, n_test=20, seed=3))
     log: list[str] = []
-    pipeline.lr_range_test(prepared, new_model(cfg), log=log.append)
-    matched = [LINE.match(line) for line in log]
+    Learner(cfg, synthetic_cifar10(n_train=100, n_test=20, seed=3), log=log.append).lr_find()
+    matched = [LINE.match(line) for line in log[:-1]]  # the last line is the pick
     assert matched and all(matched), log
     assert {(m["what"], m["total"], m["unit"]) for m in matched} == {("LR range test", "20", "steps")}
     assert not any("Learning rate search finished" in line for line in log)  # the library's own print stays out
 
 
 def test_training_and_the_final_evaluation_print_progress_lines_in_a_log(every_line, tmp_path, monkeypatch):
-    from modular import train
+    from modular import learner
 
-    monkeypatch.setattr(train, "READ_EVERY", 5)  # the running loss is read from the device every 5 steps
+    monkeypatch.setattr(learner, "READ_EVERY", 5)  # the running loss is read from the device every 5 steps
     tree = small_tree(tmp_path / "tree", n_train=100, n_test=40)
     cfg = Config(data_dir=str(tree), output_dir=str(tmp_path / "out"), epochs=1, max_lr=0.1, batch_size=10,
                  device="cpu", precision="fp32")
     log: list[str] = []
-    pipeline.run(cfg, log=log.append)
+    train(cfg, log=log.append)
     matched = [m for m in map(LINE.match, log) if m]
     epoch = [m for m in matched if m["what"] == "epoch 1"]
     evaluation = [m for m in matched if m["what"] == "evaluation"]
@@ -86,7 +116,7 @@ def test_training_and_the_final_evaluation_print_progress_lines_in_a_log(every_l
 
 
 def test_the_range_test_says_its_cost_and_how_to_skip_it():
-    line = pipeline.describe_range_test(Config(subset=2000))
+    line = describe_range_test(Config(subset=2000))
     assert line.startswith("LR range test: 100 steps of 512 images (51,200 images; --max-lr skips it)")
 
 

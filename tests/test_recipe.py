@@ -18,56 +18,51 @@ from albumentations.pytorch import ToTensorV2
 
 from modular.config import Config
 from modular.data import synthetic_cifar10
-from modular.prepare import new_model, prepare
+from modular.learner import Learner
 from modular.schedule import one_cycle, planned_lrs
-from modular.train import build_criterion, build_optimizer
 
 DEFAULTS = Config()
 
 
 @pytest.fixture(scope="module")
-def model():
-    return new_model(DEFAULTS)
+def learner():
+    """The defaults' Learner over 1,100 synthetic images (only the device is changed)."""
+    return Learner(DEFAULTS.replace(device="cpu", workers=0), synthetic_cifar10(n_train=1100, n_test=20, seed=0),
+                   log=lambda *_: None)
 
 
-@pytest.fixture(scope="module")
-def prepared():
-    """The defaults' loaders and transforms over 1,100 synthetic images (only the device is changed)."""
-    return prepare(DEFAULTS.replace(device="cpu", workers=0), synthetic_cifar10(n_train=1100, n_test=20, seed=0))
-
-
-def test_sgd_nesterov_with_weight_decay_on_every_parameter(model):
-    optimizer = build_optimizer(model, DEFAULTS, 0.4)
+def test_sgd_nesterov_with_weight_decay_on_every_parameter(learner):
+    optimizer = learner.optimizer
     assert type(optimizer) is torch.optim.SGD
     [group] = optimizer.param_groups  # one group: every parameter (BN and biases too) gets the same decay
-    assert {id(p) for p in group["params"]} == {id(p) for p in model.parameters()}
+    assert {id(p) for p in group["params"]} == {id(p) for p in learner.model.parameters()}
     assert (group["momentum"], group["nesterov"], group["weight_decay"], group["dampening"]) == (0.9, True, 5e-4, 0)
-    assert group["lr"] == 0.4
 
 
-def test_adam_the_originals_optimizer_with_its_own_decay(model):
-    optimizer = build_optimizer(model, DEFAULTS.replace(optimizer="adam"), 0.01)
-    assert type(optimizer) is torch.optim.Adam
-    [group] = optimizer.param_groups
+def test_adam_the_originals_optimizer_with_its_own_decay():
+    adam = Learner(DEFAULTS.replace(device="cpu", workers=0, optimizer="adam"),
+                   synthetic_cifar10(n_train=20, n_test=10, seed=0), log=lambda *_: None)
+    assert type(adam.optimizer) is torch.optim.Adam
+    [group] = adam.optimizer.param_groups
     assert (group["weight_decay"], group["betas"], group["amsgrad"]) == (1e-4, (0.9, 0.999), False)
 
 
-def test_loss_label_smoothing_and_logit_scale(model):
-    criterion = build_criterion(DEFAULTS)
+def test_loss_label_smoothing_and_logit_scale(learner):
+    criterion, model = learner.criterion, learner.model
     assert type(criterion) is torch.nn.CrossEntropyLoss and criterion.label_smoothing == 0.2
     assert model.logit_scale == 0.125
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
     model.eval()
     with torch.no_grad():
         unscaled = model.fc(torch.flatten(model.pool(model.layer3(model.layer2(model.layer1(model.prep(x))))), 1))
         assert torch.allclose(model(x), unscaled * 0.125)
 
 
-def test_batch_of_512_shuffled_for_training(prepared):
-    loader = prepared.train_loader
+def test_batch_of_512_shuffled_for_training(learner):
+    loader = learner.train_loader
     assert loader.batch_size == 512 and not loader.drop_last
     assert len(loader) == 3  # 1100 images: 512 + 512 + 76, the last partial batch kept
-    assert loader.sampler.shuffle and not prepared.test_loader.sampler.shuffle
+    assert loader.sampler.shuffle and not learner.test_loader.sampler.shuffle
 
 
 def test_one_cycle_shape():
@@ -85,9 +80,9 @@ def test_one_cycle_shape():
     assert not scheduler.cycle_momentum  # momentum stays 0.9 throughout
 
 
-def test_augmentation_order_and_parameters(prepared):
-    mean, std = prepared.mean, prepared.std  # the training set's own statistics
-    steps = prepared.train_transform.transforms
+def test_augmentation_order_and_parameters(learner):
+    mean, std = tuple(learner.facts.mean), tuple(learner.facts.std)  # the training set's own statistics
+    steps = learner.train_transform.transforms
     assert [type(t) for t in steps] == [A.Normalize, A.PadIfNeeded, A.RandomCrop, A.HorizontalFlip, A.CoarseDropout,
                                        ToTensorV2]
     normalize, pad, crop, flip, cutout, _ = steps
@@ -96,5 +91,5 @@ def test_augmentation_order_and_parameters(prepared):
     assert (crop.height, crop.width, flip.p) == (32, 32, 0.5)
     assert (cutout.num_holes_range, cutout.hole_height_range, cutout.hole_width_range) == ((1, 1), (8, 8), (8, 8))
     assert (cutout.fill, cutout.p) == (0, 1.0)  # 0 after Normalize is the dataset mean; on every image
-    test = prepared.test_transform.transforms
+    test = learner.test_transform.transforms
     assert [type(t) for t in test] == [A.Normalize, ToTensorV2] and test[0].mean == mean

@@ -79,7 +79,7 @@ def test_lr_find_json_of_a_curve_with_nan(tmp_path, monkeypatch, capsys):
     """A range test whose loss blew up to NaN: lr_find.json is strict JSON, with null there."""
     import numpy as np
 
-    from modular import pipeline
+    from modular.learner import Learner
     from modular.lr_finder import LRFindResult, choose_lr_max, smooth
 
     lrs = np.geomspace(1e-4, 10, 40).tolist()
@@ -87,7 +87,7 @@ def test_lr_find_json_of_a_curve_with_nan(tmp_path, monkeypatch, capsys):
     choice = choose_lr_max(lrs, smooth(raw))
     found = LRFindResult(lrs, smooth(raw), choice.lr_max, choice.lr_max / 100, choice.steepest_lr, raw_losses=raw,
                          diverged_lr=choice.diverged_lr)
-    monkeypatch.setattr(pipeline, "lr_range_test", lambda prepared, model: found)  # no range test is run
+    monkeypatch.setattr(Learner, "lr_find", lambda learner: found)  # no range test is run
     tree = small_tree(tmp_path / "cifar10", n_train=30, n_test=20)
     out = tmp_path / "out"
     code, _, err = cli_main(["lr-find", "--data-dir", tree, "--output-dir", out, "--device", "cpu", "--precision", "fp32"],

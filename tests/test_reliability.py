@@ -35,8 +35,8 @@ from helpers import (
     wait_for_epoch,
 )
 
-from modular import pipeline
-from modular import train as train_module
+from modular import learner as learner_module
+from modular import train_command
 from modular.checkpoint import (
     FORMAT,
     RESUME_REQUIRED,
@@ -47,9 +47,7 @@ from modular.checkpoint import (
 )
 from modular.config import Config
 from modular.data import synthetic_cifar10
-from modular.prepare import new_model, prepare
-from modular.record import RunFacts
-from modular.train import DivergenceError, fit
+from modular.learner import DivergenceError, Learner
 
 # 128 images, batch 32: 4 steps an epoch, about a second or two each epoch on a CPU
 RUN3 = ["--epochs", "3", "--max-lr", "0.1", *FAST]
@@ -198,7 +196,7 @@ def test_the_resume_hint_comes_from_mains_own_arguments(tree, tmp_path, monkeypa
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "run", stopped)
+    monkeypatch.setattr(train_command, "train", stopped)
     monkeypatch.setattr(sys, "argv", ["pytest", "-q", "something-else"])
     before = signal.getsignal(signal.SIGTERM)
     argv = ["train", "--data-dir", str(tree), "--output-dir", str(tmp_path / "a b"), "--epochs", "3"]
@@ -212,13 +210,13 @@ def test_record_so_far_records_the_finished_epochs_and_resume_goes_on(tree, tmp_
     """A run stopped after epoch 1 of 3: --record-so-far writes run.json (epoch 1 evaluated, "stopped"
     says so) and the plots without training; --resume then finishes the run, whose record replaces it."""
     out = tmp_path / "out"
-    save = train_module.save_checkpoint
+    save = learner_module.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
         save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(learner_module, "save_checkpoint", save_then_stop)
     assert cli_main(train_args(tree, out), capsys)[0] == 130
     monkeypatch.undo()
     checkpoint = (out / "checkpoint.pt").read_bytes()
@@ -666,7 +664,7 @@ def test_a_run_that_diverges_after_a_finished_epoch_records_that_epoch_evaluated
     wrap_train_epoch(monkeypatch, nan_loss_in_epoch_2)
     cfg = Config(batch_size=32, epochs=3, max_lr=0.1, device="cpu", precision="fp32", output_dir=str(tmp_path))
     with pytest.raises(DivergenceError, match=r"epoch 2, step 1"):
-        pipeline.run(cfg, data=synthetic_cifar10(n_train=64, n_test=20, seed=4), log=lambda *_: None)
+        train_command.train(cfg, data=synthetic_cifar10(n_train=64, n_test=20, seed=4), log=lambda *_: None)
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["stopped"] == {"reason": "loss became NaN/inf at epoch 2, step 1; lower --max-lr", "after_epoch": 1}
     assert [row["epoch"] for row in record["history"]] == [1]
@@ -675,9 +673,8 @@ def test_a_run_that_diverges_after_a_finished_epoch_records_that_epoch_evaluated
     assert (tmp_path / "loss_accuracy.png").exists()
 
 
-def fit_small(cfg: Config, path: Path, seed: int = 4):
-    prepared = prepare(cfg, synthetic_cifar10(n_train=64, n_test=20, seed=seed))
-    return fit(prepared, new_model(cfg), RunFacts.decided(prepared, cfg.max_lr), path, log=lambda *_: None)
+def fit_small(cfg: Config, seed: int = 4):
+    return Learner(cfg, synthetic_cifar10(n_train=64, n_test=20, seed=seed), log=lambda *_: None).fit_one_cycle()
 
 
 def nan_loss_in_epoch_2(epoch, model, criterion):
@@ -687,14 +684,14 @@ def nan_loss_in_epoch_2(epoch, model, criterion):
 
 
 def wrap_train_epoch(monkeypatch, change):
-    """Replace train.train_epoch by one that calls ``change(epoch, model, criterion)`` -> criterion first."""
-    real = train_module.train_epoch
+    """Replace learner.train_one_epoch by one whose criterion is ``change(epoch, model, criterion)`` (if not None)."""
+    real = learner_module.train_one_epoch
 
-    def wrapped(trainer, loader, scheduler, epoch, *args, **kwargs):
-        trainer.criterion = change(epoch, trainer.model, trainer.criterion) or trainer.criterion
-        return real(trainer, loader, scheduler, epoch, *args, **kwargs)
+    def wrapped(model, criterion, optimizer, scheduler, scaler, batches, runtime, epoch, *args, **kwargs):
+        criterion = change(epoch, model, criterion) or criterion
+        return real(model, criterion, optimizer, scheduler, scaler, batches, runtime, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_epoch", wrapped)
+    monkeypatch.setattr(learner_module, "train_one_epoch", wrapped)
 
 
 def test_nan_in_epoch_2_keeps_the_epoch_1_checkpoint(tmp_path, monkeypatch):
@@ -702,7 +699,7 @@ def test_nan_in_epoch_2_keeps_the_epoch_1_checkpoint(tmp_path, monkeypatch):
     cfg = Config(batch_size=32, epochs=2, max_lr=0.1, device="cpu", precision="fp32", output_dir=str(tmp_path))
     path = tmp_path / "checkpoint.pt"
     with pytest.raises(DivergenceError, match=r"loss became NaN/inf at epoch 2, step 1"):
-        fit_small(cfg, path)
+        fit_small(cfg)
     state = load_checkpoint(path)
     assert state["epoch"] == 1 and [row["epoch"] for row in state["history"]] == [1]
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
@@ -710,18 +707,18 @@ def test_nan_in_epoch_2_keeps_the_epoch_1_checkpoint(tmp_path, monkeypatch):
 
 
 def test_nan_test_loss_stops_the_run_and_is_not_checkpointed(tmp_path, monkeypatch):
-    real_predict = train_module.predict
+    real_predict = learner_module.predict
 
     def predict_with_spoiled_stats(model, loader, runtime, criterion=None, flip_tta=False):
         bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
         bn.running_var.fill_(float("nan"))   # what exploding activations do to the running statistics
         return real_predict(model, loader, runtime, criterion, flip_tta)
 
-    monkeypatch.setattr(train_module, "predict", predict_with_spoiled_stats)
+    monkeypatch.setattr(learner_module, "predict", predict_with_spoiled_stats)
     cfg = Config(batch_size=32, epochs=2, max_lr=0.1, device="cpu", precision="fp32", output_dir=str(tmp_path))
     path = tmp_path / "checkpoint.pt"
     with pytest.raises(DivergenceError):
-        fit_small(cfg, path)
+        fit_small(cfg)
     assert not path.exists() or all(math.isfinite(row["test_loss"]) for row in load_checkpoint(path)["history"])
 
 
@@ -754,9 +751,7 @@ def test_unwritable_output_dir(command, where, tree, blocker, capsys):
 
 def fit_history(seed: int, out: Path) -> tuple[list[dict], dict]:
     cfg = Config(batch_size=32, epochs=2, max_lr=0.1, device="cpu", precision="fp32", seed=seed, output_dir=str(out))
-    prepared = prepare(cfg, synthetic_cifar10(n_train=96, n_test=30, seed=5))
-    result = fit(prepared, new_model(cfg), RunFacts.decided(prepared, cfg.max_lr), out / "checkpoint.pt",
-                 log=lambda *_: None)
+    result = Learner(cfg, synthetic_cifar10(n_train=96, n_test=30, seed=5), log=lambda *_: None).fit_one_cycle()
     return without_seconds(result.history), result.model.state_dict()
 
 

@@ -19,7 +19,7 @@ from custom_resnet import CustomResNet
 from modular.checkpoint import save_atomic
 from modular.config import Config
 from modular.data import load_cifar10, synthetic_cifar10, write_image_tree
-from modular.prepare import prepare
+from modular.learner import Learner
 from modular.testset import TestSetError, TestSetIdentity, check_test_set, stamp_record
 from modular.trained.inference import gradcam_figure
 from modular.trained.weights import FORMAT, sha256
@@ -128,13 +128,13 @@ def drawn(figure) -> list[tuple[np.ndarray, str]]:
 
 def test_the_matching_order_draws_the_images_whose_labels_the_figure_prints(sources, record):
     cfg = Config(data_dir=str(sources["sorted"]), device="cpu", precision="fp32", batch_size=16)
-    prepared = prepare(cfg, mean=(0.5,) * 3, std=(0.25,) * 3)
-    check_test_set(record, "run.json", prepared.data)
-    shown = drawn(gradcam_figure(CustomResNet(logit_scale=0.125).eval(), prepared, record))
+    learner = Learner(cfg, state={"mean": (0.5,) * 3, "std": (0.25,) * 3})
+    check_test_set(record, "run.json", learner.data)
+    shown = drawn(gradcam_figure(learner, record["misclassified"]))
     assert len(shown) == len(WRONG)
     for (image, printed), index in zip(shown, WRONG):
-        assert np.array_equal(image, prepared.data.test_images[index])
-        assert printed == prepared.data.classes[prepared.data.test_labels[index]]
+        assert np.array_equal(image, learner.data.test_images[index])
+        assert printed == learner.data.classes[learner.data.test_labels[index]]
 
 
 def test_the_permuted_tree_would_draw_other_images_under_the_same_labels(sources, record):

@@ -10,12 +10,12 @@ import torch
 from helpers import SHARED_N_TEST, shared_run
 
 from modular import device as device_module
-from modular import pipeline
 from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.device import select_runtime
+from modular.learner import TABLE_HEADER, Learner
 from modular.provenance import code_version
-from modular.train import TABLE_HEADER
+from modular.train_command import train
 
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_ce", "test_acc", "lr", "seconds"}
 RECORD_KEYS = {"config", "lr_max", "lr_min", "history", "lr_per_step", "test_acc", "best_test_acc", "tta_test_acc",
@@ -102,7 +102,7 @@ def test_run_with_the_range_test_records_it(tmp_path):
     """No --max-lr: LRMAX comes from the range test, which is stored and plotted."""
     cfg = Config(batch_size=32, epochs=1, lr_find_iters=20, device="cpu", precision="fp32",
                  output_dir=str(tmp_path / "out"))
-    record = pipeline.run(cfg, data=synthetic_cifar10(n_train=96, n_test=20, seed=2), log=lambda *_: None)
+    record = train(cfg, data=synthetic_cifar10(n_train=96, n_test=20, seed=2), log=lambda *_: None)
     found = record["lr_find"]
     assert found is not None and record["lr_max"] == found["lr_max"]
     assert record["lr_min"] == pytest.approx(record["lr_max"] / cfg.div_factor)
@@ -117,15 +117,15 @@ def test_the_range_test_is_on_disk_before_the_first_epoch(tmp_path, monkeypatch)
     out = tmp_path / "out"
     seen = {}
 
-    def train_and_look(*args, **kwargs):
+    def fit_and_look(*args, **kwargs):
         seen["lr_find"] = json.loads((out / "lr_find.json").read_text())
         seen["plot"] = (out / "lr_range_test.png").stat().st_size
-        return real_train(*args, **kwargs)
+        return real_fit(*args, **kwargs)
 
-    real_train = pipeline.train
-    monkeypatch.setattr(pipeline, "train", train_and_look)
+    real_fit = Learner.fit_one_cycle
+    monkeypatch.setattr(Learner, "fit_one_cycle", fit_and_look)
     cfg = Config(batch_size=32, epochs=1, lr_find_iters=20, device="cpu", precision="fp32", output_dir=str(out))
-    record = pipeline.run(cfg, data=synthetic_cifar10(n_train=96, n_test=20, seed=2), log=lambda *_: None)
+    record = train(cfg, data=synthetic_cifar10(n_train=96, n_test=20, seed=2), log=lambda *_: None)
     assert seen["plot"] > 1000
     assert seen["lr_find"]["lr_find"] == record["lr_find"] and seen["lr_find"]["seed"] == record["seed"]
     assert seen["lr_find"]["precision"] == "fp32" and seen["lr_find"]["config"] == record["config"]

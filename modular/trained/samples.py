@@ -111,11 +111,10 @@ def make_sample(data_dir: str, record_path: str | os.PathLike, weights: str | os
     if (Path(folder) / MANIFEST).exists() and not replace:
         raise SampleError(f"{folder} already holds a sample; pass --force to replace it")
     record = json.loads(Path(record_path).read_text())
-    loaded = load_for_evaluation(None, str(weights), data_dir, device="cpu")
-    check_test_set(record, str(record_path), loaded.prepared.data)
-    predicted = predict(loaded.model, loaded.prepared.test_loader, loaded.prepared.runtime).predicted
-    return write_sample(loaded.prepared.data, record, Path(record_path).name, predicted, sha256(weights), folder,
-                        misclassified)
+    learner = load_for_evaluation(None, str(weights), data_dir, device="cpu").learner
+    check_test_set(record, str(record_path), learner.data)
+    predicted = predict(learner.model, learner.test_loader, learner.runtime).predicted
+    return write_sample(learner.data, record, Path(record_path).name, predicted, sha256(weights), folder, misclassified)
 
 
 def load_sample(folder: str | os.PathLike = FOLDER) -> Sample:

@@ -19,6 +19,7 @@ from modular.jsonio import write_record
 FORMAT = WEIGHTS_FORMAT
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / SHIPPED_WEIGHTS
+HEADLINE = ROOT / "results" / "headline.json"  # the record of the run the shipped weights come from
 
 
 class WeightsError(RuntimeError):
@@ -107,6 +108,19 @@ def load_weights(path: str | os.PathLike = SHIPPED) -> TrainedModel:
         raise WeightsError(str(error)) from None
     return TrainedModel(model.float().eval(), tuple(stored["mean"]), tuple(stored["std"]), tuple(stored["classes"]),
                         str(path))
+
+
+def shipped_run(record_path: str | os.PathLike = HEADLINE, weights_path: str | os.PathLike = SHIPPED) -> dict:
+    """The shipped weights as the finished run they come from, in a checkpoint's shape (what a Learner
+    starts from): the weights (fp32), mean and std, and from the run's record its epochs, the LR of every
+    step and its LR decision. Such a Learner has nothing left to train: ``fit_one_cycle`` shows the
+    recorded epochs, ``lr_find`` the recorded range test; ``evaluate`` evaluates the weights here."""
+    trained = load_weights(weights_path)
+    record = json.loads(Path(record_path).read_text())
+    return {**{k: record[k] for k in ("history", "lr_per_step", "lr_max", "lr_min", "lr_find", "lr_find_seconds",
+                                      "commit", "ran_on") if k in record},
+            "model": trained.model.state_dict(), "mean": list(trained.mean), "std": list(trained.std),
+            "epoch": len(record["history"]), "source": f"{Path(weights_path).name} (with {Path(record_path).name})"}
 
 
 def load_checkpoint_model(path: str | os.PathLike) -> TrainedModel:
