@@ -212,7 +212,7 @@ def test_the_rule_on_every_committed_curve():
             assert choice.lr_max == pytest.approx(recorded, rel=0.10), name
         else:
             assert 2.5e-4 <= choice.lr_max <= 5.5e-2, (name, choice.lr_max)
-            assert choice.lr_max < recorded  # the plain minimum (the rule before) took the valley's right end
+            assert choice.lr_max <= recorded  # the plain minimum (the rule before) took a wide valley's right end
     assert seen["sgd"] >= 6 and seen["adam"] >= 1
 
 
