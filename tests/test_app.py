@@ -18,21 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modular.trained.app import (
-    DISPLAY,
-    PREDICTED,
-    RECORDS,
-    THUMB,
-    AppInputError,
-    about,
-    assemble,
-    build_app,
-    classify,
-    free_port,
-    launch,
-    misclassified,
-)
+from modular.trained.app import RECORDS, assemble, build_app, free_port, launch
 from modular.trained.gradcam import LAYERS
+from modular.trained.handlers import DISPLAY, PREDICTED, THUMB, AppInputError, about, classify, misclassified
 from modular.trained.predict import predict_files
 from modular.trained.weights import load_weights
 

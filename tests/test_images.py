@@ -139,3 +139,43 @@ def test_unreadable_input_is_one_line_naming_the_file(tmp_path):
             read_image(tmp_path / name, name=f"your {name}")
         message = str(caught.value)
         assert message.startswith(f"your {name}: ") and needle in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name, damage, needle", [
+    ("holiday.jpg", lambda data: data[:len(data) // 2], "the JPEG file is cut short or damaged"),
+    ("holiday.png", lambda data: data[:len(data) // 2], "the PNG file is cut short or damaged"),
+    ("empty.png", lambda data: b"", "the file is empty"),
+    ("letter.png", lambda data: b"Dear network, ...", "not a picture, or one in a format this program cannot read"),
+])
+def test_an_unreadable_file_is_told_what_was_wrong_and_what_to_use_in_plain_words(cat, tmp_path, name, damage, needle):
+    """No exception class, no library name; a damaged JPEG is not told to use a JPEG."""
+    good = tmp_path / f"good{name[name.rindex('.'):]}"
+    Image.fromarray(cat).save(good)
+    (tmp_path / name).write_bytes(damage(good.read_bytes()))
+    with pytest.raises(ImageError) as caught:
+        read_image(tmp_path / name, name=name)
+    message = str(caught.value)
+    assert message.startswith(f"{name}: ") and needle in message and "\n" not in message, message
+    for jargon in ("Error", "OSError", "Pillow", "PIL", "Truncated File Read", "BytesIO"):
+        assert jargon not in message, message
+    assert "use " in message or "upload " in message  # says what to do
+
+
+def test_grey_and_cmyk_pictures_say_that_they_were_converted_to_rgb(cat, tmp_path):
+    Image.fromarray(cat).convert("L").save(tmp_path / "grey.png")
+    Image.fromarray(cat).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    Image.fromarray(cat).convert("CMYK").save(tmp_path / "cmyk.tif")
+    Image.fromarray(cat).save(tmp_path / "rgb.png")
+    assert "grey levels copied to red, green and blue" in read_image(tmp_path / "grey.png").steps
+    for name in ("cmyk.jpg", "cmyk.tif"):
+        got = read_image(tmp_path / name)
+        assert "CMYK colours converted to RGB" in got.steps, got.steps
+        assert difference(got.pixels, read_image(tmp_path / "rgb.png").pixels) < 3.0
+    assert not any("RGB" in step for step in read_image(tmp_path / "rgb.png").steps)
+
+
+def test_the_stored_size_is_kept_for_a_warning_about_tiny_pictures(cat, tmp_path):
+    Image.fromarray(cat).resize((14, 25)).save(tmp_path / "tiny.png")
+    Image.fromarray(cat).resize((4032, 3024)).save(tmp_path / "photo.jpg")
+    assert read_image(tmp_path / "tiny.png").size == (14, 25)
+    assert read_image(tmp_path / "photo.jpg").size == (4032, 3024)  # before the JPEG's reduced decoding

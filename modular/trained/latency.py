@@ -11,7 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from modular.trained.app import PREDICTED, RESULTS, assemble, build_app, free_port, launch
+from modular.trained.app import RESULTS, assemble, build_app, free_port, launch
+from modular.trained.handlers import PREDICTED
 
 OUTPUT = RESULTS / "app-latency.json"
 PHOTO = (4032, 3024)  # a 12-megapixel phone photo
