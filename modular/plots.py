@@ -35,9 +35,14 @@ class _Figure(Figure):
     """
 
     def _repr_png_(self) -> bytes:
-        buffer = io.BytesIO()
-        self.savefig(buffer, format="png", bbox_inches="tight")
-        return buffer.getvalue()
+        """The PNG a notebook shows and saves: at the figure's dpi (INLINE_DPI), in 256 colours, which at
+        this size looks the same and takes a third of the bytes (a notebook keeps every figure in its file)."""
+        from PIL import Image
+
+        drawn, reduced = io.BytesIO(), io.BytesIO()
+        self.savefig(drawn, format="png", bbox_inches="tight")
+        Image.open(drawn).convert("RGB").quantize(256).save(reduced, format="png", optimize=True)
+        return reduced.getvalue()
 
 
 def new_figure(height: float, width: float = WIDTH) -> Figure:

@@ -661,7 +661,7 @@ def test_cli_divergence_stops_the_run_with_a_clear_message(tree, tmp_path):
 
 
 def test_a_run_that_diverges_after_a_finished_epoch_records_that_epoch_evaluated(tmp_path, monkeypatch):
-    wrap_train_epoch(monkeypatch, nan_loss_in_epoch_2)
+    wrap_train_one_epoch(monkeypatch, nan_loss_in_epoch_2)
     cfg = Config(batch_size=32, epochs=3, max_lr=0.1, device="cpu", precision="fp32", output_dir=str(tmp_path))
     with pytest.raises(DivergenceError, match=r"epoch 2, step 1"):
         train_command.train(cfg, data=synthetic_cifar10(n_train=64, n_test=20, seed=4), log=lambda *_: None)
@@ -678,12 +678,12 @@ def fit_small(cfg: Config, seed: int = 4):
 
 
 def nan_loss_in_epoch_2(epoch, model, criterion):
-    """For ``wrap_train_epoch``: from epoch 2 on, every loss is NaN."""
+    """For ``wrap_train_one_epoch``: from epoch 2 on, every loss is NaN."""
     if epoch == 2:
         return lambda logits, targets: criterion(logits, targets) * float("nan")
 
 
-def wrap_train_epoch(monkeypatch, change):
+def wrap_train_one_epoch(monkeypatch, change):
     """Replace learner.train_one_epoch by one whose criterion is ``change(epoch, model, criterion)`` (if not None)."""
     real = learner_module.train_one_epoch
 
@@ -695,7 +695,7 @@ def wrap_train_epoch(monkeypatch, change):
 
 
 def test_nan_in_epoch_2_keeps_the_epoch_1_checkpoint(tmp_path, monkeypatch):
-    wrap_train_epoch(monkeypatch, nan_loss_in_epoch_2)
+    wrap_train_one_epoch(monkeypatch, nan_loss_in_epoch_2)
     cfg = Config(batch_size=32, epochs=2, max_lr=0.1, device="cpu", precision="fp32", output_dir=str(tmp_path))
     path = tmp_path / "checkpoint.pt"
     with pytest.raises(DivergenceError, match=r"loss became NaN/inf at epoch 2, step 1"):

@@ -45,16 +45,16 @@ def load_for_evaluation(checkpoint: str | None, weights: str | None, data_dir: s
     return Loaded(learner, description)
 
 
-def gradcam_figure(learner: Learner, wrong: list[dict[str, int]] | None = None, n: int = 20) -> Figure:
+def gradcam_figure(learner: Learner, wrong: list[dict[str, int]] | None = None) -> Figure:
     """Grad-CAM maps of ``learner.model`` for the predicted and the true class of misclassified test
-    images: those of the misclassified gallery (``n`` of its 20, evenly spaced) when ``wrong`` (a run's
-    misclassified list) is given, else the ones the model gets wrong now. The maps are computed on an
-    fp32 copy on the CPU (the model is left as it is)."""
+    images: those of the misclassified gallery when ``wrong`` (a run's misclassified list) is given,
+    else the ones the model gets wrong now. The maps are computed on an fp32 copy on the CPU (the
+    model is left as it is)."""
     model, data = learner.model, learner.data
     if wrong is None:
         test = predict(model, learner.test_loader, learner.runtime)
         wrong = misclassified(test.labels, test.predicted)
-    wrong = gallery_sample(wrong)[:: max(1, 20 // n)][:n]
+    wrong = gallery_sample(wrong)
     if not wrong:
         return galleries.plot_message("Grad-CAM: no misclassified test images, so nothing to explain")
     indices = [w["index"] for w in wrong]
