@@ -1,11 +1,10 @@
 """The app (``python -m modular app``) with the shipped weights, the committed sample and records: its
-handlers as functions, the app served in this process on a free port and called through gradio_client,
-and a real browser (Debian's chromium driven by Playwright). No connection may leave 127.0.0.1."""
+handlers as functions and the app served in this process on a free port, called through gradio_client
+(the browser test is tests/test_app_browser.py). No connection may leave 127.0.0.1."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import socket
 import threading
@@ -13,67 +12,32 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import helpers  # noqa: F401  (environment and sys.path)
 import numpy as np
 import pytest
+from app_fixtures import *  # noqa: F403  (its fixtures: pytest finds them in this module's namespace)
+from app_fixtures import example_of
 from PIL import Image
 
-from modular.trained.app import RECORDS, assemble, build_app, free_port, launch
-from modular.trained.gradcam import LAYERS
-from modular.trained.handlers import DISPLAY, PREDICTED, THUMB, AppInputError, about, classify, misclassified
+from modular.trained.app import RECORDS, free_port
+from modular.trained.gradcam import LAYERS, gradcam_maps
+from modular.trained.handlers import (
+    DISPLAY,
+    PREDICTED,
+    SMALL,
+    THUMB,
+    AppInputError,
+    about,
+    browser_preview,
+    classify,
+    misclassified,
+    shown_classify,
+    shown_misclassified,
+)
 from modular.trained.predict import predict_files
 from modular.trained.weights import load_weights
 
 gradio = pytest.importorskip("gradio")  # the app's own requirement (requirements-app.txt); CI installs it
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 PROMISED = 256  # the Grad-CAM picture's side in pixels: large enough to see, 8 screen pixels per input pixel
-
-
-@pytest.fixture(scope="module", autouse=True)
-def only_loopback():
-    """Every connection and name lookup made from this process during these tests must stay on this
-    computer: others are refused and listed, and the list must be empty at the end."""
-    attempts: list[str] = []
-    connect, lookup = socket.socket.connect, socket.getaddrinfo
-
-    def guarded_connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOOPBACK:
-            attempts.append(f"connect {address}")
-            raise OSError(f"test: no connection may leave 127.0.0.1 ({address})")
-        return connect(sock, address)
-
-    def guarded_lookup(host, *args, **kwargs):
-        if host not in LOOPBACK and host is not None:
-            attempts.append(f"lookup {host}")
-            raise socket.gaierror(f"test: no name lookup outside this computer ({host})")
-        return lookup(host, *args, **kwargs)
-
-    socket.socket.connect, socket.getaddrinfo = guarded_connect, guarded_lookup
-    try:
-        yield attempts
-    finally:
-        socket.socket.connect, socket.getaddrinfo = connect, lookup
-    assert not attempts, attempts
-
-
-@pytest.fixture(scope="module")
-def parts():
-    return assemble()
-
-
-@pytest.fixture(scope="module")
-def example(parts) -> Path:
-    """The sample's cat, a 32x32 PNG."""
-    sample = parts.sample
-    return sample.path(next(i for i in sample.examples if sample.classes[i.label] == "cat"))
-
-
-@pytest.fixture(scope="module")
-def photo(example, tmp_path_factory) -> Path:
-    """The cat as a 300x200 JPEG, written now."""
-    path = tmp_path_factory.mktemp("upload") / "my cat.jpg"
-    Image.open(example).convert("RGB").resize((300, 200), Image.Resampling.BICUBIC).save(path, quality=92)
-    return path
 
 
 def call(parts, upload, k=3, show_cam=True, layer="layer3", target=PREDICTED, opacity=0.5):
@@ -86,24 +50,51 @@ def call(parts, upload, k=3, show_cam=True, layer="layer3", target=PREDICTED, op
 
 @pytest.mark.parametrize("k", [1, 3, 10])
 def test_classify_gives_k_classes_and_a_large_grad_cam_picture(parts, photo, k):
-    top, picture, note = call(parts, str(photo), k=k)
+    top, picture, note, message = call(parts, str(photo), k=k)
     assert len(top) == k and list(top.values()) == sorted(top.values(), reverse=True) and sum(top.values()) <= 1.0001
     assert next(iter(top)) == "cat"
     assert picture.shape == (DISPLAY, DISPLAY, 3) and picture.dtype == np.uint8
-    assert "centre-cropped from 300x200 to 200x200" in note and "for **cat** (the predicted class)" in note
+    assert "centre-cropped from 300x200 to 200x200" in note and "for **cat**, the predicted class" in note
+    assert message == ""
 
 
 def test_bad_input_is_a_message_not_a_traceback(parts, photo, tmp_path):
     (tmp_path / "notes.png").write_text("not a picture")
     cases = [({"k": 0}, "top-k must be a whole number from 1 to 10"), ({"k": 11}, "(got 11)"), ({"k": 2.5}, "(got 2.5)"),
              ({"layer": "layer4"}, "layer must be one of layer1, layer2, layer3"), ({"opacity": 1.5}, "opacity must be"),
-             ({"target": "unicorn"}, "Grad-CAM class must be"), ({"upload": None}, "upload a picture or pick one"),
+             ({"target": "unicorn"}, "Grad-CAM class must be"), ({"upload": None}, "upload a picture or click one"),
              ({"upload": {"path": str(tmp_path / "notes.png"), "orig_name": "holiday.png"}}, "holiday.png: not a readable image")]
     for change, needle in cases:
         arguments = {"upload": str(photo), **change}
         with pytest.raises(AppInputError) as caught:
             call(parts, **arguments)
         assert needle in str(caught.value) and "\n" not in str(caught.value), (change, caught.value)
+
+
+def test_what_the_page_shows_for_bad_input_is_the_message_in_place_of_the_result(parts, photo, tmp_path):
+    """The page's handler never raises for input it cannot use (a raised error is a toast that stays on
+    screen): the result, the picture and the note are empty, the message says what to do."""
+    (tmp_path / "cut.jpg").write_bytes(photo.read_bytes()[:2000])
+    label, picture, note, message = shown_classify(parts.explainer, {"path": str(tmp_path / "cut.jpg"),
+                                                                     "orig_name": "cut.jpg"}, 3, True, "layer3", PREDICTED, 0.5)
+    assert (label, picture, note) == (None, None, "")
+    assert "cut.jpg: not a readable image: the JPEG file is cut short or damaged" in message
+    assert "Error" not in message and "PNG, JPEG" not in message
+    label, picture, note, message = shown_classify(parts.explainer, str(photo), 0, True, "layer3", PREDICTED, 0.5)
+    assert label is None and "top-k must be a whole number from 1 to 10 (got 0)" in message
+    label, picture, note, message = shown_classify(parts.explainer, None, 3, True, "layer3", PREDICTED, 0.5)
+    assert (label, picture, note) == (None, None, "") and "Upload a picture" in message  # no picture: the hint
+    label, picture, note, message = shown_classify(parts.explainer, str(photo), 3, True, "layer3", PREDICTED, 0.5)
+    assert next(iter(label)) == "cat" and picture.shape == (DISPLAY, DISPLAY, 3) and message == ""
+
+
+@pytest.mark.parametrize("size", [(1, 1), (14, 25), (15, 300)])
+def test_a_picture_under_16_pixels_gets_a_warning_beside_the_answer(parts, example, tmp_path, size):
+    Image.open(example).resize(size).save(tmp_path / "tiny.png")
+    top, _, _, message = call(parts, str(tmp_path / "tiny.png"))
+    assert len(top) == 3 and f"only {size[0]}x{size[1]} pixels" in message and f"at least {SMALL}x{SMALL}" in message
+    Image.open(example).resize((SMALL, 40)).save(tmp_path / "fine.png")
+    assert call(parts, str(tmp_path / "fine.png"))[3] == ""
 
 
 def test_grad_cam_follows_the_class_the_layer_and_the_opacity(parts, example):
@@ -118,6 +109,51 @@ def test_grad_cam_follows_the_class_the_layer_and_the_opacity(parts, example):
     assert np.abs(faint - plain).mean() < np.abs(strong - plain).mean()
 
 
+def test_grad_cam_for_an_unlikely_class_is_drawn_on_the_predicted_class_scale(parts, example, monkeypatch):
+    """Truck for the cat (2%): its map divided by the peak of the cat's map, not by its own, so that it
+    looks as weak as it is; the note says which scale and prints the class's probability and map peak."""
+    import modular.trained.handlers as handlers
+    from modular.trained.images import read_image
+
+    drawn, real = [], handlers.overlay
+    monkeypatch.setattr(handlers, "overlay", lambda pixels, heat, *rest: (drawn.append(heat), real(pixels, heat, *rest))[1])
+    top, _, cat_note, _ = call(parts, str(example), k=10)
+    _, _, truck_note, _ = call(parts, str(example), target="truck")
+    explainer, pixels = parts.explainer, read_image(example).pixels
+    cat, truck = explainer.classes.index("cat"), explainer.classes.index("truck")
+    raw = gradcam_maps(explainer.trained.model, explainer._batch(np.stack([pixels, pixels])), [cat, truck], "layer3")
+    ratio = raw[1].max() / raw[0].max()
+    assert ratio < 0.5 and top["truck"] < 0.05  # the premise: little evidence for a truck
+    assert drawn[0].max() == pytest.approx(1.0) and drawn[1].max() == pytest.approx(ratio, rel=1e-4)
+    np.testing.assert_allclose(drawn[1], raw[1] / raw[0].max(), atol=1e-5)
+    assert "1 = the peak of the predicted class's map" in cat_note
+    assert f"**truck** ({top['truck']:.1%})" in truck_note and f"peaks at {ratio:.2f}" in truck_note
+    assert "scale of the predicted class's map (**cat**" in truck_note
+
+
+def test_grad_cam_for_a_class_with_more_evidence_than_the_prediction_says_so(parts, monkeypatch):
+    """Deer's example at Layer1: the airplane's map peaks several times higher than the deer's; it is drawn
+    on its own scale and the note gives the ratio."""
+    note = classify(parts.explainer, str(example_of(parts, "deer")), 3, True, "layer1", "airplane", 0.5)[2]
+    assert "as high as the predicted class's map (**deer**" in note and "1 = the peak of airplane's map" in note
+
+
+def test_a_picture_the_browser_cannot_show_gets_a_png_preview(parts, example, tmp_path):
+    """TIFF: browsers show no preview; a PNG of the picture (upright, RGB) replaces it in the upload box.
+    PNG and JPEG are shown as they are."""
+    Image.open(example).convert("CMYK").save(tmp_path / "scan.tif")
+    preview = browser_preview({"path": str(tmp_path / "scan.tif"), "orig_name": "scan.tif"})
+    assert preview is not None and Image.open(preview).format == "PNG" and Image.open(preview).mode == "RGB"
+    assert Image.open(preview).size == (32, 32)
+    for name in ("a.png", "a.jpg", "a.gif", "a.webp"):
+        Image.open(example).convert("RGB").save(tmp_path / name)
+        assert browser_preview({"path": str(tmp_path / name), "orig_name": name}) is None, name
+    (tmp_path / "letter.tif").write_text("Dear network")
+    assert browser_preview({"path": str(tmp_path / "letter.tif"), "orig_name": "letter.tif"}) is None  # classify says why
+    note = call(parts, {"path": str(tmp_path / "scan.tif"), "orig_name": "scan.tif"})[2]
+    assert "**scan.tif**: CMYK colours converted to RGB" in note
+
+
 def test_the_misclassified_gallery_captions_true_and_predicted_class(parts):
     sample, names = parts.sample, parts.explainer.classes
     shown = misclassified(parts.explainer, sample, 7, True, "layer2", 0.5)
@@ -130,6 +166,17 @@ def test_the_misclassified_gallery_captions_true_and_predicted_class(parts):
         len(sample.misclassified)
     with pytest.raises(AppInputError, match=f"from 1 to {len(sample.misclassified)}"):
         misclassified(parts.explainer, sample, len(sample.misclassified) + 1, False, "layer3", 0.5)
+
+
+def test_how_many_also_sets_how_many_grad_cam_maps_are_drawn_and_bad_values_are_a_message(parts, monkeypatch):
+    explainer, sample = parts.explainer, parts.sample
+    counted, real = [], type(explainer).maps
+    monkeypatch.setattr(type(explainer), "maps",
+                        lambda self, pixels, *rest: (counted.append(len(pixels)), real(self, pixels, *rest))[1])
+    gallery, message = shown_misclassified(explainer, sample, 9, True, "layer3", 0.5)
+    assert len(gallery) == 9 and counted == [9] and message == ""
+    gallery, message = shown_misclassified(explainer, sample, 0, True, "layer3", 0.5)
+    assert gallery == [] and f"the number of images must be a whole number from 1 to {len(sample.misclassified)}" in message
 
 
 def test_on_the_official_images_the_app_agrees_with_predict_and_with_the_evaluation(parts):
@@ -150,13 +197,24 @@ def test_about_comes_from_the_committed_records(parts, tmp_path):
     from modular.report import results_table
 
     head = json.loads(Path(RECORDS[0]).read_text())
-    assert results_table(head) in parts.about and f"{head['test_acc']:.2f}%" in parts.about
+    body = results_table(head).split("\n", 1)[1]  # the rows under the header the app names
+    assert body in parts.about and f"{head['test_acc']:.2f}%" in parts.about
     assert f"LRMAX {head['lr_max']:.4g}" in parts.about and "over 3 seeds" in parts.about
     other = shutil.copy(parts.explainer.trained.source, tmp_path / "other.pt")
     with open(other, "ab") as f:
         f.write(b"\0")   # another file (sha256), the same model
     trained = dataclasses.replace(parts.explainer.trained, source=str(other))
     assert about(RECORDS, trained).startswith("No committed run record describes `other.pt`")
+
+
+def test_the_about_tables_have_no_empty_header_row(parts):
+    import re
+
+    lines = parts.about.splitlines()
+    headers = [lines[i - 1] for i, line in enumerate(lines) if re.fullmatch(r"\|(\s*-+\s*\|)+", line.strip())]
+    assert len(headers) == 2, headers  # the Results and the Seeds tables
+    for header in headers:
+        assert all(cell.strip() for cell in header.strip().strip("|").split("|")), header
 
 
 def test_one_lock_serialises_every_use_of_the_model(parts, example):
@@ -192,16 +250,6 @@ def test_one_lock_serialises_every_use_of_the_model(parts, example):
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def served(parts):
-    demo = build_app(parts)
-    url = launch(demo, parts, port=free_port())
-    try:
-        yield url, demo
-    finally:
-        demo.close()
-
-
-@pytest.fixture(scope="module")
 def client(served):
     from gradio_client import Client
 
@@ -218,27 +266,29 @@ def test_the_app_binds_to_127_0_0_1_by_default(served):
 def test_upload_gives_a_label_with_k_entries_and_a_grad_cam_picture_of_the_promised_size(client, photo):
     from gradio_client import handle_file
 
-    label, picture, note = client.predict(handle_file(str(photo)), 4, True, "layer1", PREDICTED, 0.6, api_name="/classify")
+    label, picture, note, message = client.predict(handle_file(str(photo)), 4, True, "layer1", PREDICTED, 0.6,
+                                                   api_name="/classify")
     assert label["label"] == "cat" and len(label["confidences"]) == 4
     assert Image.open(picture).size == (PROMISED, PROMISED)
-    assert "my cat.jpg" in note and "Layer1's residual output" in note
+    assert "my cat.jpg" in note and "Layer1's residual output" in note and message == ""
 
 
-def test_k_11_and_a_file_that_is_no_picture_are_refused_with_a_message(client, photo, tmp_path):
+def test_k_11_and_a_file_that_is_no_picture_are_answered_with_a_message_in_place_of_the_result(client, photo, tmp_path):
     from gradio_client import handle_file
-    from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="top-k must be a whole number from 1 to 10 \\(got 11\\)"):
-        client.predict(handle_file(str(photo)), 11, True, "layer3", PREDICTED, 0.5, api_name="/classify")
+    label, picture, note, message = client.predict(handle_file(str(photo)), 11, True, "layer3", PREDICTED, 0.5,
+                                                   api_name="/classify")
+    assert not label and picture is None and "top-k must be a whole number from 1 to 10 (got 11)" in message  # empty: {}
     (tmp_path / "letter.png").write_text("Dear network, ...")
-    with pytest.raises(AppError, match="letter.png: not a readable image") as caught:
-        client.predict(handle_file(str(tmp_path / "letter.png")), 3, True, "layer3", PREDICTED, 0.5, api_name="/classify")
-    assert "Traceback" not in str(caught.value)
+    label, picture, note, message = client.predict(handle_file(str(tmp_path / "letter.png")), 3, True, "layer3",
+                                                   PREDICTED, 0.5, api_name="/classify")
+    assert not label and picture is None and "letter.png: not a readable image" in message
+    assert "Traceback" not in message and "Error" not in message
 
 
 def test_the_misclassified_gallery_through_the_api(client, parts):
-    shown = client.predict(12, True, "layer3", 0.5, api_name="/misclassified")
-    assert len(shown) == 12 and all(" → " in item["caption"] for item in shown)
+    shown, message = client.predict(12, True, "layer3", 0.5, api_name="/misclassified")
+    assert len(shown) == 12 and all(" → " in item["caption"] for item in shown) and message == ""
     assert Image.open(shown[0]["image"]).size == (THUMB, THUMB)
 
 
@@ -250,74 +300,16 @@ def test_concurrent_requests_to_both_events_all_succeed(client, photo):
             for layer in LAYERS for _ in range(2)]
     jobs += [client.submit(6, True, "layer3", 0.5, api_name="/misclassified") for _ in range(3)]
     results = [job.result(timeout=300) for job in jobs]
-    assert all(r[0]["label"] == "cat" for r in results[:6]) and all(len(r) == 6 for r in results[6:])
+    assert all(r[0]["label"] == "cat" for r in results[:6]) and all(len(r[0]) == 6 for r in results[6:])
 
 
-# --------------------------------------------------------------------------------------------
-# A real browser
-# --------------------------------------------------------------------------------------------
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture(scope="module")
-def browser_page():
-    """A chromium page (Debian's package driven by Playwright; never ``playwright install``). Outside CI a
-    missing browser skips; under CI=true it fails."""
-    if CHROMIUM is None or importlib_missing("playwright"):
-        message = "chromium (apt-get install chromium) and playwright (requirements-dev.txt) are needed for the browser test"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        yield page
-        browser.close()
-
-
-def importlib_missing(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is None
-
-
-def test_in_a_browser_upload_classify_and_browse_the_misclassified_images(browser_page, served, photo, tmp_path):
-    """Upload, classify, wait until the label and the Grad-CAM picture have loaded; open the
-    misclassified tab, wait until every picture has loaded; screenshots (ERA_APP_SCREENSHOT: where to
-    save the first too, e.g. images/app.png). Requests that would leave 127.0.0.1 are blocked and fail it."""
-    page, (url, _) = browser_page, served
-    outside = []
-
-    def only_local(route):
-        if route.request.url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:")):
-            return route.continue_()
-        outside.append(route.request.url)
-        return route.abort()
-
-    page.route("**/*", only_local)
-    page.goto(url)
-    page.locator("#upload input[type=file]").set_input_files(str(photo))
-    page.locator("#upload img").first.wait_for()
-    page.locator("#classify").click()
-    page.locator("#top-classes").get_by_text("cat").first.wait_for(timeout=60_000)
-    page.wait_for_function(f"""() => {{ const img = document.querySelector('#gradcam img');
-        return img && img.complete && img.naturalWidth === {PROMISED}; }}""", timeout=60_000)
-    first = tmp_path / "app.png"
-    page.screenshot(path=str(first), full_page=True)
-    if os.environ.get("ERA_APP_SCREENSHOT"):
-        shutil.copy(first, os.environ["ERA_APP_SCREENSHOT"])
-
-    page.get_by_role("tab", name="Misclassified test images").click()
-    page.wait_for_function("""() => { const imgs = [...document.querySelectorAll('#misclassified img')];
-        return imgs.length >= 20 && imgs.every(img => img.complete && img.naturalWidth > 0); }""", timeout=60_000)
-    assert " → " in page.locator("#misclassified").inner_text()
-    page.screenshot(path=str(tmp_path / "misclassified.png"), full_page=True)
-    page.get_by_role("tab", name="About the network").click()
-    assert "Test accuracy at epoch 24" in page.locator("#about").inner_text()
-    assert not outside, outside
+def test_the_api_lists_the_two_endpoints_with_their_inputs(client):
+    """gradio_client's view of the app: /classify and /misclassified with the parameters the page sends
+    (the page's own bookkeeping, such as which upload a preview stands for, is not part of it)."""
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/classify", "/misclassified"} <= set(endpoints)
+    assert len(endpoints["/classify"]["parameters"]) == 6 and len(endpoints["/classify"]["returns"]) == 4
+    assert len(endpoints["/misclassified"]["parameters"]) == 4 and len(endpoints["/misclassified"]["returns"]) == 2
 
 
 # --------------------------------------------------------------------------------------------

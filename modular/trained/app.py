@@ -10,7 +10,6 @@ told otherwise.
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import socket
@@ -19,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modular.trained.gradcam import LAYERS
-from modular.trained.handlers import DISPLAY, PREDICTED, AppInputError, Explainer, about, classify, misclassified
+from modular.trained.handlers import (
+    DISPLAY,
+    HINT,
+    PREDICTED,
+    Explainer,
+    about,
+    browser_preview,
+    shown_classify,
+    shown_misclassified,
+)
 from modular.trained.samples import FOLDER, Sample, check_sample, load_sample
 from modular.trained.weights import SHIPPED, load_weights
 
@@ -65,26 +73,39 @@ def _gradio():
     return gr
 
 
-def _shown_in_page(handler):
-    """``handler`` with AppInputError turned into gr.Error: a message in the page, not a traceback."""
-    gr = _gradio()
+CSS = """
+/* The picture in the upload box at the box's size, its pixels kept square: a 32x32 example is not a speck */
+#upload .image-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+/* The misclassified gallery in the page, not in a box of its own (Gradio caps a gallery at 55% of the window) */
+#misclassified .grid-wrap { max-height: none; min-height: 0; overflow-y: visible; }
+/* As many columns of at least 112 px as fit (three on a phone); each caption under its picture, not on it */
+#misclassified .grid-container { grid-template-columns: repeat(auto-fill, minmax(112px, 1fr)); grid-template-rows: none;
+  grid-auto-rows: auto; }
+#misclassified .grid-container .thumbnail-item { height: auto; aspect-ratio: auto; display: flex; flex-direction: column; }
+#misclassified .grid-container .thumbnail-item > img { aspect-ratio: 1 / 1; height: auto; image-rendering: pixelated; }
+#misclassified .grid-container .caption-label { position: static; max-width: none; white-space: normal; border: none;
+  border-radius: 0; text-align: center; opacity: 1; }
+"""
 
-    def run(*args):
-        try:
-            return handler(*args)
-        except AppInputError as error:
-            # the modal renders HTML: a file's name must not become markup
-            raise gr.Error(html.escape(str(error)), duration=None, print_exception=False) from None
 
-    return run
+def theme(gr):
+    """Gradio's default theme with faces that hold every glyph: its bundled Source Sans Pro and IBM Plex Mono
+    in their regular (400) and bold (700) files. Their semibold (600) files hold 55 and 75 glyphs, so bold
+    text mixed real letters with faked ones; text set at 600 is drawn with the 700 face instead."""
+    return gr.themes.Default(
+        font=(gr.themes.LocalFont("Source Sans Pro", weights=(400, 700)), "ui-sans-serif", "system-ui", "sans-serif"),
+        font_mono=(gr.themes.LocalFont("IBM Plex Mono", weights=(400, 700)), "ui-monospace", "Consolas", "monospace"))
 
 
 def build_app(parts: AppParts):
-    """The Gradio Blocks: a Classify tab, a Misclassified tab and an About tab."""
+    """The Gradio Blocks: a Classify tab, a Misclassified tab and an About tab. Every control answers as it
+    changes: always_last keeps one call running and only the latest waiting, so a dragged slider does not
+    queue a Grad-CAM call per position behind the model's lock."""
     gr = _gradio()
 
     explainer, sample = parts.explainer, parts.sample
     layers = [(label, key) for key, label in LAYERS.items()]
+    live = {"trigger_mode": "always_last", "preprocess": False}  # the handlers check values and say what is wrong
     with gr.Blocks(title="Custom ResNet on CIFAR-10", analytics_enabled=False) as demo:
         gr.Markdown("# Custom ResNet on CIFAR-10\nA 32x32 classifier of airplanes, cars, birds, cats, deer, dogs, "
                     "frogs, horses, ships and trucks, and where it looks (Grad-CAM).")
@@ -92,37 +113,48 @@ def build_app(parts: AppParts):
             with gr.Row():
                 with gr.Column():
                     upload = gr.Image(type="filepath", sources=["upload", "clipboard"], height=300, elem_id="upload",
-                                      label="A picture (any size or format: centre-cropped to a square, resized to 32x32)")
-                    top_k = gr.Slider(1, len(explainer.classes), value=3, step=1, label="Top-k classes")
-                    show_cam = gr.Checkbox(value=True, label="Grad-CAM")
-                    layer = gr.Dropdown(layers, value="layer3", label="Grad-CAM layer")
-                    target = gr.Dropdown([PREDICTED, *explainer.classes], value=PREDICTED, label="Grad-CAM for the class")
-                    opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Grad-CAM opacity")
+                                      label="Your picture (any size or format)")
+                    top_k = gr.Slider(1, len(explainer.classes), value=3, step=1, label="Top-k classes", elem_id="top-k",
+                                      buttons=[])  # no reset button: its "↺" is in no bundled font
+                    show_cam = gr.Checkbox(value=True, label="Grad-CAM", elem_id="show-cam")
+                    layer = gr.Dropdown(layers, value="layer3", label="Grad-CAM layer", elem_id="layer")
+                    target = gr.Dropdown([PREDICTED, *explainer.classes], value=PREDICTED, label="Grad-CAM for the class",
+                                         elem_id="target")
+                    opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Grad-CAM opacity", elem_id="opacity", buttons=[])
                     button = gr.Button("Classify", variant="primary", elem_id="classify")
                 with gr.Column():
+                    message = gr.Markdown(HINT, elem_id="message")
                     label = gr.Label(num_top_classes=len(explainer.classes), label="Top classes", elem_id="top-classes")
                     cam = gr.Image(type="numpy", format="png", label=f"What the network sees ({DISPLAY}x{DISPLAY})",
                                    height=DISPLAY + 60, interactive=False, buttons=["download"], elem_id="gradcam")
-                    note = gr.Markdown()
+                    note = gr.Markdown(elem_id="note")
             gr.Examples([[str(sample.path(item))] for item in sample.examples], inputs=[upload],
                         label="Examples: one test image per class", examples_per_page=len(sample.examples))
-            button.click(_shown_in_page(lambda *a: classify(explainer, *a)), [upload, top_k, show_cam, layer, target, opacity],
-                         [label, cam, note], api_name="classify", preprocess=False)
-        with gr.Tab("Misclassified test images", visible=bool(sample.misclassified)) as wrong_tab:
+            # an upload, an example, a removed picture (an empty result) and every control answer at once
+            gr.on([button.click, upload.change, top_k.change, show_cam.change, layer.change, target.change, opacity.change],
+                  lambda *a: shown_classify(explainer, *a), [upload, top_k, show_cam, layer, target, opacity],
+                  [label, cam, note, message], api_name="classify", **live)
+            # a TIFF's own preview is broken in a browser: a PNG copy takes its place (and is classified as the TIFF)
+            upload.upload(lambda picture: browser_preview(picture) or gr.skip(), upload, upload, preprocess=False,
+                          api_visibility="private", show_progress="hidden")
+        with gr.Tab("Misclassified", visible=bool(sample.misclassified)):
             most = max(1, len(sample.misclassified))
+            gr.Markdown(f"Test images of the app's sample ({len(sample.misclassified)} in all) that the network gets "
+                        "wrong, captioned true class → predicted class (its probability). Click one to enlarge it.")
             with gr.Row():
-                count = gr.Slider(1, most, value=min(20, most), step=1,
-                                  label=f"How many (of the {len(sample.misclassified)} in the app's sample)")
-                wrong_cam = gr.Checkbox(value=False, label="Grad-CAM for the predicted class")
-                wrong_layer = gr.Dropdown(layers, value="layer3", label="Grad-CAM layer")
-                wrong_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Grad-CAM opacity")
-            show = gr.Button("Show", variant="primary", elem_id="show")
-            gallery = gr.Gallery(columns=5, format="png", label="True class → predicted class (its probability)",
-                                 object_fit="contain",
-                                 height="auto", allow_preview=True, elem_id="misclassified")
-            gr.on([wrong_tab.select, show.click], _shown_in_page(lambda *a: misclassified(explainer, sample, *a)),
-                  [count, wrong_cam, wrong_layer, wrong_opacity], gallery, api_name="misclassified")
-        with gr.Tab("About the network"):
+                count = gr.Slider(1, most, value=min(40, most), step=1, label="How many images (and Grad-CAM maps)",
+                                  elem_id="how-many", buttons=[])
+                wrong_cam = gr.Checkbox(value=False, label="Grad-CAM for the predicted class", elem_id="wrong-cam")
+                wrong_layer = gr.Dropdown(layers, value="layer3", label="Grad-CAM layer", elem_id="wrong-layer")
+                wrong_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Grad-CAM opacity", elem_id="wrong-opacity",
+                                          buttons=[])
+            wrong_message = gr.Markdown(elem_id="gallery-message")
+            gallery = gr.Gallery(format="png", show_label=False, object_fit="contain", allow_preview=True,
+                                 buttons=["download", "fullscreen"], elem_id="misclassified")  # no share: it needs the Hub
+            gr.on([demo.load, count.change, wrong_cam.change, wrong_layer.change, wrong_opacity.change],
+                  lambda *a: shown_misclassified(explainer, sample, *a), [count, wrong_cam, wrong_layer, wrong_opacity],
+                  [gallery, wrong_message], api_name="misclassified", **live)
+        with gr.Tab("About"):
             gr.Markdown(parts.about, elem_id="about")
     return demo
 
@@ -141,9 +173,11 @@ def launch(demo, parts: AppParts, host: str = LOOPBACK, port: int = 7860, **opti
         listed = [entry for entry in os.environ.get(name, "").split(",") if entry]
         os.environ[name] = ",".join(listed + [h for h in (LOOPBACK, "localhost") if h not in listed])
     demo.queue(default_concurrency_limit=1)
+    gr = _gradio()
     try:
         demo.launch(server_name=host, server_port=port, share=False, ssr_mode=False, prevent_thread_lock=True,
-                    allowed_paths=[str(parts.sample.folder)], show_error=True, quiet=True, **options)
+                    allowed_paths=[str(parts.sample.folder)], show_error=True, quiet=True, theme=theme(gr), css=CSS,
+                    **options)
     except OSError as error:  # Gradio: "Cannot find empty port in range ..."
         raise AppSetupError(f"cannot serve on {host}:{port} ({str(error).split('.')[0]}); pass another --port") from None
     return demo.local_url
