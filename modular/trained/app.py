@@ -4,7 +4,7 @@ Upload a picture (read by modular/trained/images.py) or pick one of ten test ima
 Grad-CAM for a layer and a class with an opacity, browse misclassified test images (the committed
 sample, modular/trained/samples.py), and read what the network is from the committed run records. The
 handlers are plain functions in modular/trained/handlers.py; ``build_app`` binds them to Gradio. Offline:
-no analytics (modular/__init__.py), no share link, the default theme's bundled fonts; 127.0.0.1 unless
+no analytics (modular/__init__.py), no share link, only the fonts Gradio bundles; 127.0.0.1 unless
 told otherwise.
 """
 
@@ -78,13 +78,18 @@ CSS = """
 #upload .image-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 /* The misclassified gallery in the page, not in a box of its own (Gradio caps a gallery at 55% of the window) */
 #misclassified .grid-wrap { max-height: none; min-height: 0; overflow-y: visible; }
-/* As many columns of at least 112 px as fit (three on a phone); each caption under its picture, not on it */
+/* As many columns of at least 112 px as fit; each caption under its picture, not on it */
 #misclassified .grid-container { grid-template-columns: repeat(auto-fill, minmax(112px, 1fr)); grid-template-rows: none;
   grid-auto-rows: auto; }
 #misclassified .grid-container .thumbnail-item { height: auto; aspect-ratio: auto; display: flex; flex-direction: column; }
 #misclassified .grid-container .thumbnail-item > img { aspect-ratio: 1 / 1; height: auto; image-rendering: pixelated; }
 #misclassified .grid-container .caption-label { position: static; max-width: none; white-space: normal; border: none;
   border-radius: 0; text-align: center; opacity: 1; }
+/* On a phone: three columns of pictures, and the gallery's controls one under the other */
+@media (max-width: 640px) {
+  #misclassified .grid-container { grid-template-columns: repeat(auto-fill, minmax(88px, 1fr)); }
+  #gallery-controls .form > .block { min-width: 100% !important; }
+}
 """
 
 
@@ -141,9 +146,9 @@ def build_app(parts: AppParts):
             most = max(1, len(sample.misclassified))
             gr.Markdown(f"Test images of the app's sample ({len(sample.misclassified)} in all) that the network gets "
                         "wrong, captioned true class → predicted class (its probability). Click one to enlarge it.")
-            with gr.Row():
-                count = gr.Slider(1, most, value=min(40, most), step=1, label="How many images (and Grad-CAM maps)",
-                                  elem_id="how-many", buttons=[])
+            with gr.Row(elem_id="gallery-controls"):
+                count = gr.Slider(1, most, value=min(40, most), step=1, label="How many",
+                                  info="pictures shown, and Grad-CAM maps drawn", elem_id="how-many", buttons=[])
                 wrong_cam = gr.Checkbox(value=False, label="Grad-CAM for the predicted class", elem_id="wrong-cam")
                 wrong_layer = gr.Dropdown(layers, value="layer3", label="Grad-CAM layer", elem_id="wrong-layer")
                 wrong_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Grad-CAM opacity", elem_id="wrong-opacity",

@@ -131,7 +131,10 @@ def browser_preview(upload) -> str | None:
         return None
     picture.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
     preview = path + PREVIEW
-    picture.save(preview)
+    try:
+        picture.save(preview)
+    except OSError:  # a folder it cannot write to: the upload keeps its own (broken) preview, and is classified
+        return None
     return preview
 
 
