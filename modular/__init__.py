@@ -1,6 +1,6 @@
-"""Custom ResNet on CIFAR-10: data, transforms, LR range test, OneCycle training, evaluation, plots.
-
-Submodules are imported where they are used, so ``python -m modular stats`` does not load torch-lr-finder or matplotlib.
+"""Custom ResNet on CIFAR-10, the assignment's core: config, data, transforms, the LR range test, the
+OneCycle schedule, the Learner (training and evaluation), plots. ``modular.tools`` holds what is built
+around it (the command line, records, the app) and is never imported from here.
 """
 
 import os as _os

@@ -1,7 +1,7 @@
-"""``python -m modular ...``: see modular/cli.py."""
+"""``python -m modular ...``: see modular/tools/cli.py."""
 
 import sys
 
-from modular.cli import main
+from modular.tools.cli import main
 
 sys.exit(main())

@@ -20,8 +20,8 @@ import torch
 
 from modular.config import Config
 
-FORMAT = "era-s10-checkpoint/1"
-WEIGHTS_FORMAT = "era-s10-weights/1"  # modular/weights.py's file: told apart here so the error can say so
+CHECKPOINT_FORMAT = "era-s10-checkpoint/1"
+WEIGHTS_FORMAT = "era-s10-weights/1"  # modular/tools/weights.py's file: told apart here so the error can say so
 REQUIRED = ("format", "model", "optimizer", "scheduler", "epoch", "history", "config")
 # what continuing a run reads besides: the RNG, the LR trace and the run's decisions (mean, std, LRMAX)
 RESUME_REQUIRED = (*REQUIRED, "rng", "lr_per_step", "lr_max", "lr_min", "mean", "std")
@@ -108,8 +108,8 @@ def _alive(pid: int) -> bool:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write a training checkpoint (tagged with FORMAT) atomically; see ``save_atomic``."""
-    return save_atomic({"format": FORMAT, **state}, path)
+    """Write a training checkpoint (tagged with CHECKPOINT_FORMAT) atomically; see ``save_atomic``."""
+    return save_atomic({"format": CHECKPOINT_FORMAT, **state}, path)
 
 
 def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = REQUIRE
     if isinstance(state, dict) and state.get("format") == WEIGHTS_FORMAT:
         raise CheckpointError(f"{path} is a weights file, not a training checkpoint: evaluate, predict and gradcam "
                               "take it with --weights")
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project; delete it or choose another --output-dir")
     missing = [k for k in required if k not in state]
     if missing:

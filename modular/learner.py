@@ -5,7 +5,7 @@ checkpoint after every epoch, resumable) and ``evaluate()``.
 Shaped after fastai's Learner; the step loop reads top-down like torchvision's reference
 ``train_one_epoch``. From ``fit_one_cycle`` to ``optimizer.step`` everything is in this file:
 ``fit_one_cycle`` -> ``train_one_epoch`` -> the step, inline. The Learner writes nothing but its
-checkpoint: the run record and the plots are made from what it returns (modular/train_command.py).
+checkpoint: the run record and the plots are made from what it returns (modular/tools/train_command.py).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import helpers  # noqa: F401  (environment and sys.path)
 import pytest
 from PIL import Image
 
-from modular.trained.app import assemble, build_app, free_port, launch
+from modular.tools.app import assemble, build_app, free_port, launch
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 __all__ = ["only_loopback", "parts", "example", "photo", "served"]  # the fixtures; a test module imports them all

@@ -93,7 +93,7 @@ def run_cli_many(commands: list, cwd=None, env=None, parallel: int = 4, timeout:
 
 def cli_main(argv, capsys) -> tuple[int, str, str]:
     """``python -m modular *argv`` in this process (the function __main__ calls): (exit code, stdout, stderr)."""
-    from modular.cli import main
+    from modular.tools.cli import main
 
     capsys.readouterr()
     try:
@@ -219,8 +219,8 @@ def shared_tree(tmp_path_factory) -> Path:
 def shared_run(tmp_path_factory) -> SharedRun:
     """A 2-epoch run on ``shared_tree`` (--max-lr 0.2, batch 32, fp32), run once per session."""
     if "run" not in _CACHE:
-        from modular.cli import build_parser, config_from_args
-        from modular.train_command import train
+        from modular.tools.cli import build_parser, config_from_args
+        from modular.tools.train_command import train
 
         tree = shared_tree(tmp_path_factory)
         out = tmp_path_factory.mktemp("shared_run") / "out"

@@ -18,9 +18,8 @@ from app_fixtures import *  # noqa: F403  (its fixtures: pytest finds them in th
 from app_fixtures import example_of
 from PIL import Image
 
-from modular.trained.app import RECORDS, free_port
-from modular.trained.gradcam import LAYERS, gradcam_maps
-from modular.trained.handlers import (
+from modular.tools.app import RECORDS, free_port
+from modular.tools.app_handlers import (
     DISPLAY,
     PREDICTED,
     SMALL,
@@ -33,8 +32,9 @@ from modular.trained.handlers import (
     shown_classify,
     shown_misclassified,
 )
-from modular.trained.predict import predict_files
-from modular.trained.weights import load_weights
+from modular.tools.gradcam import LAYERS, gradcam_maps
+from modular.tools.predict import predict_files
+from modular.tools.weights import load_weights
 
 gradio = pytest.importorskip("gradio")  # the app's own requirement (requirements-app.txt); CI installs it
 PROMISED = 256  # the Grad-CAM picture's side in pixels: large enough to see, 8 screen pixels per input pixel
@@ -112,8 +112,8 @@ def test_grad_cam_follows_the_class_the_layer_and_the_opacity(parts, example):
 def test_grad_cam_for_an_unlikely_class_is_drawn_on_the_predicted_class_scale(parts, example, monkeypatch):
     """Truck for the cat (2%): its map divided by the peak of the cat's map, not by its own, so that it
     looks as weak as it is; the note says which scale and prints the class's probability and map peak."""
-    import modular.trained.handlers as handlers
-    from modular.trained.images import read_image
+    import modular.tools.app_handlers as handlers
+    from modular.tools.images import read_image
 
     drawn, real = [], handlers.overlay
     monkeypatch.setattr(handlers, "overlay", lambda pixels, heat, *rest: (drawn.append(heat), real(pixels, heat, *rest))[1])
@@ -194,7 +194,7 @@ def test_on_the_official_images_the_app_agrees_with_predict_and_with_the_evaluat
 def test_about_comes_from_the_committed_records(parts, tmp_path):
     import json
 
-    from modular.report import results_table
+    from modular.tools.report import results_table
 
     head = json.loads(Path(RECORDS[0]).read_text())
     body = results_table(head).split("\n", 1)[1]  # the rows under the header the app names
@@ -257,7 +257,7 @@ def client(served):
 
 
 def test_the_app_binds_to_127_0_0_1_by_default(served):
-    from modular.cli import build_parser
+    from modular.tools.cli import build_parser
 
     assert served[0].startswith("http://127.0.0.1:") and served[1].server_name == "127.0.0.1"
     assert build_parser().parse_args(["app"]).host == "127.0.0.1"
@@ -359,7 +359,7 @@ def test_app_latency_writes_a_record_the_readme_section_is_made_from(tmp_path, c
 
     from helpers import cli_main
 
-    from modular.report import update_readme
+    from modular.tools.report import update_readme
 
     output = tmp_path / "app-latency.json"
     code, out, err = cli_main(["app-latency", "--calls", 2, "--output", output], capsys)
@@ -370,7 +370,7 @@ def test_app_latency_writes_a_record_the_readme_section_is_made_from(tmp_path, c
         assert timing["calls"] == 2 and len(timing["seconds"]) == 2 and timing["first_s"] > 0
         assert timing["min_s"] <= timing["median_s"] <= timing["max_s"]
     assert record["app_latency"]["photo"]["picture"].startswith("4032x3024 JPEG")
-    from modular.trained.latency import summarise
+    from modular.tools.app_latency import summarise
 
     summary = summarise([9.0, 0.3, 0.1, 0.2, 0.4])   # the first call warms up: not counted
     assert (summary["first_s"], summary["calls"], summary["median_s"], summary["max_s"]) == (9.0, 4, 0.25, 0.4)
@@ -387,7 +387,7 @@ def test_the_notebooks_last_cell_starts_the_app_only_when_asked_and_the_function
 
     from helpers import ROOT
 
-    from modular.trained.app import launch_in_notebook
+    from modular.tools.app import launch_in_notebook
 
     cells = json.loads((ROOT / "era_s10_cifar.ipynb").read_text())["cells"]
     last = "".join(cells[-1]["source"])

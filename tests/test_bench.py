@@ -5,7 +5,7 @@ from __future__ import annotations
 import helpers  # noqa: F401  (environment and sys.path)
 import pytest
 
-from modular.bench import estimate_feed, format_bench
+from modular.tools.bench import estimate_feed, format_bench
 
 
 def test_with_workers_the_slower_of_step_and_pipeline_sets_the_pace():

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from modular.cli import build_parser
-from modular.report import render_sections
+from modular.tools.cli import build_parser
+from modular.tools.report import render_sections
 
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))

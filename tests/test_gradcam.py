@@ -11,7 +11,7 @@ import torch
 
 from custom_resnet import CustomResNet
 from modular import galleries
-from modular.trained.gradcam import gradcam_maps, gradcam_pair, target_layer
+from modular.tools.gradcam import gradcam_maps, gradcam_pair, target_layer
 
 QUADRANTS = [(slice(0, 16), slice(0, 16)), (slice(0, 16), slice(16, 32)),
              (slice(16, 32), slice(0, 16)), (slice(16, 32), slice(16, 32))]

@@ -11,8 +11,8 @@ from helpers import NO_NETWORK, cli_main, shared_run, small_tree
 from modular import notebook
 from modular.config import Config
 from modular.data import DataError, load_data
-from modular.train_command import train
-from modular.trained import weights
+from modular.tools import weights
+from modular.tools.train_command import train
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +47,14 @@ def test_predict_with_a_checkpoint_as_weights_points_at_checkpoint_which_works(r
     assert "use --checkpoint" in err
     code, out, err = cli_main(["predict", image, "--checkpoint", run.checkpoint], capsys)
     assert code == 0, err
-    from modular.trained.predict import predict_files
+    from modular.tools.predict import predict_files
 
     (expected,) = predict_files(weights.load_checkpoint_model(run.checkpoint), [image])
     assert out == f"{expected}\n"
 
 
 def test_predict_checkpoint_gives_the_checkpoints_own_model(run, image, weights_file):
-    from modular.trained.predict import predict_files
+    from modular.tools.predict import predict_files
 
     (from_checkpoint,) = predict_files(weights.load_checkpoint_model(run.checkpoint), [image])
     (from_weights,) = predict_files(weights.load_weights(weights_file), [image])  # fp16 of the same model

@@ -1,4 +1,4 @@
-"""The one image reader (modular/trained/images.py) on pictures written at test time from a committed official
+"""The one image reader (modular/tools/images.py) on pictures written at test time from a committed official
 test image: EXIF orientation, 16-bit, transparency, non-square, the resampling filter, big JPEGs,
 unreadable files; predictions with the shipped weights."""
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from modular.trained.images import BACKGROUND, SIZE, ImageError, read_image, to_network_input
-from modular.trained.samples import load_sample
-from modular.trained.weights import load_weights
+from modular.tools.app_samples import load_sample
+from modular.tools.images import BACKGROUND, SIZE, ImageError, read_image, to_network_input
+from modular.tools.weights import load_weights
 from modular.transforms import test_transforms as make_test_transforms
 
 

@@ -11,10 +11,10 @@ import pytest
 from helpers import cli_main
 
 from modular.config import Config
-from modular.jsonio import dumps
 from modular.lr_finder import RULE, LRFindResult, choose_lr_max, smooth
-from modular.lr_seeds import LRSeedsError, gather
 from modular.plots import plot_lr_seeds
+from modular.tools.jsonio import dumps
+from modular.tools.lr_seeds import LRSeedsError, gather
 
 STD = [0.2470, 0.2435, 0.2616]
 
@@ -34,7 +34,7 @@ def range_test(minimum_at: int, seed: int) -> dict:
 
 
 def lr_find_record(seed: int, minimum_at: int, precision: str = "fp32", **config) -> dict:
-    """What `lr-find --seed N` writes (modular/record.py build_lr_find_record)."""
+    """What `lr-find --seed N` writes (modular/tools/record.py build_lr_find_record)."""
     return {"config": Config(seed=seed, data_dir="/data/cifar10-official", output_dir=f"/runs/lr-find-seed{seed}",
                              **config).to_dict(),
             "seed": seed, "data_source": "/data/cifar10-official", "train_images": 50000, "mean": [0.4914, 0.4822, 0.4465],
@@ -211,7 +211,7 @@ def test_precision_and_paths_may_differ_but_one_seed_is_not_a_spread(tmp_path, c
 
 def test_the_outputs_go_under_runs_unless_named():
     """Like every command: results/ and images/ are written only when named (--output, --figure)."""
-    from modular.cli import build_parser
+    from modular.tools.cli import build_parser
 
     args = build_parser().parse_args(["lr-seeds", "a.json", "b.json"])
     assert (args.output, args.figure) == ("runs/lr-seeds/lr-find-seeds.json", "runs/lr-seeds/lr_find_seeds.png")

@@ -14,8 +14,8 @@ from helpers import ROOT, shared_run
 from modular import figures, notebook
 from modular.config import CIFAR10_CLASSES
 from modular.learner import Learner
-from modular.trained.inference import gradcam_figure
-from modular.trained.weights import export_weights, load_weights, shipped_run
+from modular.tools.inference import gradcam_figure
+from modular.tools.weights import export_weights, load_weights, shipped_run
 
 NOTEBOOK = ROOT / "era_s10_cifar.ipynb"
 

@@ -14,7 +14,7 @@ from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.learner import Learner
 from modular.progress import ProgressLines
-from modular.train_command import describe_range_test, train
+from modular.tools.train_command import describe_range_test, train
 
 LINE = re.compile(r"^(?P<what>.+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+) \((?P<percent>\d+)%\), .+ so far, about .+ left")
 

@@ -7,12 +7,12 @@ import subprocess
 
 import helpers  # noqa: F401  (environment and sys.path)
 
-from modular import provenance
+from modular.tools import provenance
 
 
 def test_code_version_names_this_checkouts_head():
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=provenance.ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=provenance.ROOT, capture_output=True, text=True).stdout
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=provenance.REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=provenance.REPO, capture_output=True, text=True).stdout
     version = provenance.code_version(from_epoch=3)
     assert version == {"commit": head, "clean": dirty.strip() == "", "from_epoch": 3}
     assert len(version["commit"]) == 40
@@ -26,14 +26,14 @@ def test_a_changed_file_makes_the_tree_unclean(tmp_path, monkeypatch):
     (repo / "a.py").write_text("x = 1\n")
     subprocess.run([*git, "add", "a.py"], check=True)
     subprocess.run([*git, "commit", "-qm", "a"], check=True)
-    monkeypatch.setattr(provenance, "ROOT", repo)
+    monkeypatch.setattr(provenance, "REPO", repo)
     assert provenance.code_version()["clean"] is True
     (repo / "a.py").write_text("x = 2\n")
     assert provenance.code_version()["clean"] is False
 
 
 def test_outside_a_checkout_both_are_none(tmp_path, monkeypatch):
-    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert provenance.code_version() == {"commit": None, "clean": None, "from_epoch": 0}
     assert shutil.which("git")

@@ -11,8 +11,8 @@ import re
 import pytest
 from helpers import ROOT, cli_main, shared_run, small_tree
 
-from modular import jsonio
-from modular.jsonio import portable, write_record
+from modular.tools import jsonio
+from modular.tools.jsonio import portable, write_record
 
 ABSOLUTE = re.compile(r"(?:^|[\s\"'=(:])(/[A-Za-z][^\s\"']*)|\b[A-Za-z]:\\")  # what a reader would see as one
 
@@ -103,7 +103,7 @@ def test_lr_find_json_of_a_curve_with_nan(tmp_path, monkeypatch, capsys):
 
 
 def test_the_weights_notes_are_strict_json(tmp_path):
-    from modular.trained.weights import record_evaluation, record_export
+    from modular.tools.weights import record_evaluation, record_export
 
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"weights")
@@ -133,7 +133,7 @@ COMMITTED = sorted(p for p in (ROOT / "results").iterdir() if p.suffix in (".jso
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.name for p in COMMITTED])
 def test_committed_records_and_logs_hold_no_absolute_path(path):
-    """Fix with: python -c "from modular.jsonio import make_portable; make_portable('results/<file>')"."""
+    """Fix with: python -c "from modular.tools.jsonio import make_portable; make_portable('results/<file>')"."""
     text = path.read_text()
     found = absolute_paths(strict_load(text)) if path.suffix == ".json" else \
         [line for line in text.splitlines() if ABSOLUTE.search(line)]

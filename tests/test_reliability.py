@@ -36,9 +36,8 @@ from helpers import (
 )
 
 from modular import learner as learner_module
-from modular import train_command
 from modular.checkpoint import (
-    FORMAT,
+    CHECKPOINT_FORMAT,
     RESUME_REQUIRED,
     CheckpointError,
     load_checkpoint,
@@ -48,6 +47,7 @@ from modular.checkpoint import (
 from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.learner import DivergenceError, Learner
+from modular.tools import train_command
 
 # 128 images, batch 32: 4 steps an epoch, about a second or two each epoch on a CPU
 RUN3 = ["--epochs", "3", "--max-lr", "0.1", *FAST]
@@ -191,7 +191,7 @@ def test_sigterm_to_the_whole_process_group_of_a_run_with_workers(tree, tmp_path
 def test_the_resume_hint_comes_from_mains_own_arguments(tree, tmp_path, monkeypatch, capsys):
     """main(argv) called from Python: the hint repeats argv, not the interpreter's sys.argv; the
     SIGTERM handler lives only while training."""
-    from modular import cli
+    from modular.tools import cli
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
@@ -239,7 +239,7 @@ def test_record_so_far_records_the_finished_epochs_and_resume_goes_on(tree, tmp_
 
 
 # --------------------------------------------------------------------------------------------
-# Command-line failures. Each case runs in-process through modular.cli.main (the function
+# Command-line failures. Each case runs in-process through modular.tools.cli.main (the function
 # `python -m modular` calls), and one case of each kind also in a real subprocess; those
 # subprocesses are started together, side by side, once for the module (each mostly imports torch).
 # --------------------------------------------------------------------------------------------
@@ -578,7 +578,7 @@ def test_resuming_a_checkpoint_without_what_resume_reads_is_a_one_line_error(key
 def test_saved_checkpoint_is_tagged_and_readable_by_others(tmp_path):
     path = save_checkpoint(minimal_state(1), tmp_path / "sub" / "checkpoint.pt")
     assert (path.stat().st_mode & 0o777) == 0o644
-    assert torch.load(path, weights_only=True)["format"] == FORMAT
+    assert torch.load(path, weights_only=True)["format"] == CHECKPOINT_FORMAT
 
 
 def test_load_checkpoint_errors_name_the_file(tmp_path):

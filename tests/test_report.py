@@ -7,9 +7,9 @@ import statistics
 
 import pytest
 
-from modular.cli import main
 from modular.config import Config
-from modular.report import ReportError, performance_table, render_sections, results_table, seeds_table, update_readme
+from modular.tools.cli import main
+from modular.tools.report import ReportError, performance_table, render_sections, results_table, seeds_table, update_readme
 
 RUN = {
     "history": [{"epoch": e, "test_acc": 50.0 + e} for e in range(1, 25)],
@@ -121,7 +121,7 @@ def variant(seed: int, acc: float, **config_changes):
 
 
 def test_ablations_table_reads_each_change_off_the_configs_and_marks_the_noise():
-    from modular.report import ablations_table
+    from modular.tools.report import ablations_table
 
     baseline = [seed_run(0, 94.29), seed_run(1, 94.09), seed_run(2, 94.30)]
     sd = statistics.stdev([94.29, 94.09, 94.30])
@@ -147,7 +147,7 @@ def test_ablations_table_reads_each_change_off_the_configs_and_marks_the_noise()
     (lambda: variant(5, 93.0, optimizer="adam"), "seed 5, which the baseline lacks"),
 ])
 def test_ablations_table_refuses_a_variant_that_is_not_a_clean_ablation(make, named):
-    from modular.report import ablations_table
+    from modular.tools.report import ablations_table
 
     with pytest.raises(ReportError, match=named):
         ablations_table([seed_run(0, 94.29), seed_run(1, 94.09)], ["s0", "s1"], [make()], ["v.json"])

@@ -13,9 +13,9 @@ from helpers import cli_main, shared_run
 from PIL import Image
 
 from modular.data import load_cifar10, synthetic_cifar10
-from modular.testset import TestSetIdentity
-from modular.trained.samples import FOLDER, MOST, SampleError, check_sample, choose, load_sample, write_sample
-from modular.trained.weights import SHIPPED, sha256
+from modular.tools.app_samples import FOLDER, MOST, SampleError, check_sample, choose, load_sample, write_sample
+from modular.tools.testset import TestSetIdentity
+from modular.tools.weights import SHIPPED, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 

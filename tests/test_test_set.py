@@ -20,9 +20,9 @@ from modular.checkpoint import save_atomic
 from modular.config import Config
 from modular.data import load_cifar10, synthetic_cifar10, write_image_tree
 from modular.learner import Learner
-from modular.testset import TestSetError, TestSetIdentity, check_test_set, stamp_record
-from modular.trained.inference import gradcam_figure
-from modular.trained.weights import FORMAT, sha256
+from modular.tools.inference import gradcam_figure
+from modular.tools.testset import TestSetError, TestSetIdentity, check_test_set, stamp_record
+from modular.tools.weights import WEIGHTS_FORMAT, sha256
 
 WRONG = [3, 14, 25]  # test indices the record says were misclassified: one image each of classes 1, 4, 8
 
@@ -63,7 +63,7 @@ def weights(tmp_path_factory, sources):
     model = CustomResNet(logit_scale=0.125)
     data = load_cifar10(sources["sorted"])
     path = tmp_path_factory.mktemp("weights") / "w.pt"
-    save_atomic({"format": FORMAT, "state_dict": {k: v.half() if v.is_floating_point() else v
+    save_atomic({"format": WEIGHTS_FORMAT, "state_dict": {k: v.half() if v.is_floating_point() else v
                                                   for k, v in model.state_dict().items()},
                  "mean": [0.5] * 3, "std": [0.25] * 3, "classes": list(data.classes), "logit_scale": 0.125, "epoch": 1},
                 path)

@@ -14,8 +14,8 @@ from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.device import select_runtime
 from modular.learner import TABLE_HEADER, Learner
-from modular.provenance import code_version
-from modular.train_command import train
+from modular.tools.provenance import code_version
+from modular.tools.train_command import train
 
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_ce", "test_acc", "lr", "seconds"}
 RECORD_KEYS = {"config", "lr_max", "lr_min", "history", "lr_per_step", "test_acc", "best_test_acc", "tta_test_acc",

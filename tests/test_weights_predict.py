@@ -15,8 +15,8 @@ from PIL import Image
 from custom_resnet import CustomResNet
 from modular.checkpoint import load_checkpoint, save_atomic
 from modular.config import CIFAR10_CLASSES
-from modular.trained.predict import predict_files
-from modular.trained.weights import FORMAT, WeightsError, export_weights, load_weights, sha256
+from modular.tools.predict import predict_files
+from modular.tools.weights import WEIGHTS_FORMAT, WeightsError, export_weights, load_weights, sha256
 from modular.transforms import test_transforms as make_test_transforms
 
 
@@ -28,7 +28,7 @@ def exported(tmp_path_factory):
     record = folder / "run.json"
     shutil.copy(run.output_dir / "run.json", record)
     weights = folder / "custom_resnet_cifar10.pt"
-    from modular.cli import main
+    from modular.tools.cli import main
 
     assert main(["export-weights", "--checkpoint", str(run.checkpoint), "--output", str(weights),
                  "--record", str(record)]) == 0
@@ -38,7 +38,7 @@ def exported(tmp_path_factory):
 def test_the_weights_file_is_fp16_with_what_inference_needs(exported):
     run, record, weights = exported
     stored = torch.load(weights, weights_only=True)
-    assert stored["format"] == FORMAT
+    assert stored["format"] == WEIGHTS_FORMAT
     assert {v.dtype for v in stored["state_dict"].values() if v.is_floating_point()} == {torch.float16}
     assert stored["classes"] == list(CIFAR10_CLASSES) and stored["logit_scale"] == run.cfg.logit_scale
     assert stored["mean"] == run.record["mean"] and stored["std"] == run.record["std"]
@@ -69,7 +69,7 @@ def test_evaluate_weights_matches_the_run_and_is_noted_in_the_record(exported, c
     assert abs(accuracy - run.record["test_acc"]) <= 100 / SHARED_N_TEST  # at most one image moved by fp16
     evaluated = json.loads(record.read_text())["weights"]["evaluated"]
     assert evaluated["test_acc"] == pytest.approx(accuracy, abs=0.005) and evaluated["precision"] == "fp32"
-    from modular.report import results_table
+    from modular.tools.report import results_table
 
     assert f"| Shipped weights `{weights.name}` (fp16, evaluated in fp32) | {evaluated['test_acc']:.2f}%" in \
         results_table(json.loads(record.read_text()))

@@ -257,7 +257,7 @@ def sigterm_as_interrupt():
 
 def cmd_train(args, cfg: Config, argv: list[str]) -> int:
     from modular.checkpoint import checkpoint_path
-    from modular.train_command import record_so_far, train
+    from modular.tools.train_command import record_so_far, train
 
     if args.record_so_far:
         record_so_far(cfg)
@@ -276,7 +276,7 @@ def cmd_train(args, cfg: Config, argv: list[str]) -> int:
 
 def cmd_lr_find(args, cfg: Config) -> int:
     from modular.learner import Learner
-    from modular.train_command import prepare_output_dir, range_test
+    from modular.tools.train_command import prepare_output_dir, range_test
 
     prepare_output_dir(cfg.output_dir)
     learner = Learner(cfg)
@@ -289,7 +289,7 @@ def cmd_lr_find(args, cfg: Config) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from modular.trained.inference import load_for_evaluation
+    from modular.tools.inference import load_for_evaluation
 
     if args.record and not args.weights:
         args.command_parser.error("--record goes with --weights: it notes what a run's exported weights file reaches "
@@ -306,7 +306,7 @@ def cmd_evaluate(args) -> int:
     for name, acc in result.per_class_acc.items():
         print(f"  {name:<12}{acc:6.2f}%")
     if args.record:
-        from modular.trained.weights import record_evaluation
+        from modular.tools.weights import record_evaluation
 
         record_evaluation(args.record, args.weights, result.to_dict(), learner.data.source)
         print(f"noted in {args.record}")
@@ -314,8 +314,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from modular.trained.predict import ImageError, predict_files
-    from modular.trained.weights import SHIPPED, load_checkpoint_model, load_weights
+    from modular.tools.predict import ImageError, predict_files
+    from modular.tools.weights import SHIPPED, load_checkpoint_model, load_weights
 
     trained = load_checkpoint_model(args.checkpoint) if args.checkpoint else load_weights(args.weights or SHIPPED)
     failed = 0
@@ -330,7 +330,7 @@ def cmd_predict(args) -> int:
 
 def cmd_gradcam(args) -> int:
     from modular.plots import save_figure
-    from modular.trained.inference import gradcam_figure, load_for_evaluation
+    from modular.tools.inference import gradcam_figure, load_for_evaluation
 
     learner = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, device="cpu").learner
     record = check_record_test_set(args.record, learner.data) if args.record else None
@@ -342,7 +342,7 @@ def cmd_gradcam(args) -> int:
 
 def check_record_test_set(record_path: str, data) -> dict:
     """The run record at ``record_path``, refused (TestSetError) unless ``data`` holds its test set."""
-    from modular.testset import check_test_set
+    from modular.tools.testset import check_test_set
 
     record = json.loads(Path(record_path).read_text())
     note = check_test_set(record, record_path, data)
@@ -353,7 +353,7 @@ def check_record_test_set(record_path: str, data) -> dict:
 
 def cmd_test_set(args) -> int:
     from modular.data import load_cifar10
-    from modular.testset import TestSetIdentity, stamp_record
+    from modular.tools.testset import TestSetIdentity, stamp_record
 
     data = load_cifar10(args.data_dir)
     print(f"test set of {data.source}: {TestSetIdentity.of(data).to_dict()}")
@@ -364,8 +364,8 @@ def cmd_test_set(args) -> int:
 
 
 def cmd_app_samples(args) -> int:
-    from modular.trained.samples import make_sample
-    from modular.trained.weights import SHIPPED
+    from modular.tools.app_samples import make_sample
+    from modular.tools.weights import SHIPPED
 
     sample = make_sample(args.data_dir, args.record, args.weights or SHIPPED, args.output, args.misclassified, args.force)
     print(f"{sample.folder}: {len(sample.examples)} examples and {len(sample.misclassified)} misclassified images "
@@ -374,23 +374,24 @@ def cmd_app_samples(args) -> int:
 
 
 def cmd_app(args) -> int:
-    from modular.trained.app import RECORDS, serve
-    from modular.trained.samples import FOLDER
-    from modular.trained.weights import SHIPPED
+    from modular.tools.app import RECORDS, serve
+    from modular.tools.app_samples import FOLDER
+    from modular.tools.weights import SHIPPED
 
     serve(args.weights or SHIPPED, args.records or RECORDS, args.samples or FOLDER, args.host, args.port)
     return 0
 
 
 def cmd_app_latency(args) -> int:
-    from modular.jsonio import write_record
-    from modular.trained.latency import describe, measure
+    from modular.tools.app_latency import measure
+    from modular.tools.jsonio import write_record
+    from modular.tools.report import latency_summary
 
     record = measure(args.calls)
     output = Path(args.output or "runs/app-latency.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     write_record(output, record)
-    print(f"{describe(record)}\nrecord: {output}")
+    print(f"{latency_summary(record)}\nrecord: {output}")
     if record["load_average_before"][0] > 0.5 or record["load_average_after"][0] > 1.5:
         print("note: other work was running (see the load averages): measure again on an idle machine",
               file=sys.stderr)
@@ -399,7 +400,7 @@ def cmd_app_latency(args) -> int:
 
 def cmd_export_weights(args) -> int:
     from modular.config import CIFAR10_CLASSES
-    from modular.trained.weights import export_weights, record_export
+    from modular.tools.weights import export_weights, record_export
 
     classes = json.loads(Path(args.record).read_text())["classes"] if args.record else list(CIFAR10_CLASSES)
     output = default_output(args.output, args.checkpoint, None, Path(SHIPPED_WEIGHTS).name)
@@ -419,7 +420,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from modular.bench import run_benchmark
+    from modular.tools.bench import run_benchmark
 
     run_benchmark(Path(args.output_dir), batch_size=args.batch_size, device=args.device, repeats=args.repeats,
                   include_compile=args.compile)
@@ -427,7 +428,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from modular.report import render_sections, update_readme
+    from modular.tools.report import render_sections, update_readme
 
     paths, ablations = [Path(r) for r in args.records], [Path(a) for a in args.ablation]
     if args.readme is None:  # the README is a tracked file: written only when named
@@ -443,8 +444,8 @@ def cmd_report(args) -> int:
 
 def cmd_lr_seeds(args) -> int:
     from modular import plots
-    from modular.jsonio import write_record
-    from modular.lr_seeds import format_seeds, gather
+    from modular.tools.jsonio import write_record
+    from modular.tools.lr_seeds import format_seeds, gather
 
     gathered = gather(args.records)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -460,14 +461,14 @@ def main(argv: list[str] | None = None) -> int:
     from modular.data import DataError
     from modular.learner import DivergenceError
     from modular.lr_finder import LRFinderError
-    from modular.lr_seeds import LRSeedsError
-    from modular.report import ReportError
-    from modular.testset import TestSetError
-    from modular.train_command import OutputDirError
-    from modular.trained.app import AppSetupError
-    from modular.trained.predict import ImageError
-    from modular.trained.samples import SampleError
-    from modular.trained.weights import WeightsError
+    from modular.tools.app import AppSetupError
+    from modular.tools.app_samples import SampleError
+    from modular.tools.lr_seeds import LRSeedsError
+    from modular.tools.predict import ImageError
+    from modular.tools.report import ReportError
+    from modular.tools.testset import TestSetError
+    from modular.tools.train_command import OutputDirError
+    from modular.tools.weights import WeightsError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     with contextlib.suppress(AttributeError, ValueError):  # a log file sees each line when it is printed

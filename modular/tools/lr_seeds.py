@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modular.config import Config
-from modular.jsonio import portable
 from modular.lr_finder import choose_lr_max
+from modular.tools.jsonio import portable
 
 # lr_max: what the run used (its record's); minimum_lr: the smoothed minimum before divergence, which the
 # rule takes unless the valley is flat (so the two differ on Adam's curves and agree on SGD's)

@@ -14,12 +14,11 @@ import torch
 from custom_resnet import CustomResNet
 from modular.checkpoint import WEIGHTS_FORMAT, CheckpointError, load_checkpoint, load_model_state, save_atomic
 from modular.config import CIFAR10_CLASSES, SHIPPED_WEIGHTS, Config
-from modular.jsonio import write_record
+from modular.tools import REPO, RESULTS
+from modular.tools.jsonio import write_record
 
-FORMAT = WEIGHTS_FORMAT
-ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / SHIPPED_WEIGHTS
-HEADLINE = ROOT / "results" / "headline.json"  # the record of the run the shipped weights come from
+SHIPPED = REPO / SHIPPED_WEIGHTS
+HEADLINE = RESULTS / "headline.json"  # the record of the run the shipped weights come from
 
 
 class WeightsError(RuntimeError):
@@ -73,7 +72,7 @@ def export_weights(checkpoint: str | os.PathLike, destination: str | os.PathLike
     if record_path is not None:
         check_own_run(state, checkpoint, json.loads(Path(record_path).read_text()), record_path)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
-    save_atomic({"format": FORMAT, "state_dict": half, "mean": list(state["mean"]), "std": list(state["std"]),
+    save_atomic({"format": WEIGHTS_FORMAT, "state_dict": half, "mean": list(state["mean"]), "std": list(state["std"]),
                      "classes": list(classes), "logit_scale": state["config"]["logit_scale"], "epoch": state["epoch"]},
                     destination)
     return {"file": Path(destination).name, "sha256": sha256(destination), "dtype": "float16",
@@ -99,7 +98,7 @@ def load_weights(path: str | os.PathLike = SHIPPED) -> TrainedModel:
         stored = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, corrupt, not a torch file
         raise WeightsError(f"cannot read weights file {path} ({type(error).__name__}); {restore_hint(path)}") from None
-    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+    if not isinstance(stored, dict) or stored.get("format") != WEIGHTS_FORMAT:
         raise WeightsError(f"{path} is not a weights file of this project (for a training checkpoint use --checkpoint)")
     model = CustomResNet(num_classes=len(stored["classes"]), logit_scale=stored["logit_scale"])
     try:

@@ -11,10 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from modular.trained.app import RESULTS, assemble, build_app, free_port, launch
-from modular.trained.handlers import PREDICTED
+from modular.tools.app import assemble, build_app, free_port, launch
+from modular.tools.app_handlers import PREDICTED
 
-OUTPUT = RESULTS / "app-latency.json"
 PHOTO = (4032, 3024)  # a 12-megapixel phone photo
 
 
@@ -45,8 +44,8 @@ def measure(calls: int = 50) -> dict:
     from PIL import Image
 
     from modular.device import hardware_name, versions
-    from modular.provenance import code_version
-    from modular.trained.weights import sha256
+    from modular.tools.provenance import code_version
+    from modular.tools.weights import sha256
 
     load_before = os.getloadavg()
     parts = assemble()
@@ -76,13 +75,3 @@ def measure(calls: int = 50) -> dict:
         "commit": code_version(), "weights_sha256": sha256(parts.explainer.trained.source),
     }
 
-
-def describe(record: dict) -> str:
-    """What was measured where, then one line per picture (for the terminal and the README)."""
-    latency = record["app_latency"]
-    head = (f"Measured by `python -m modular app-latency` on {record['hardware']} (load average "
-            f"{record['load_average_before'][0]:.2f} before, {record['load_average_after'][0]:.2f} after), "
-            f"{latency['request']}:")
-    return "\n".join([head, ""] + [f"- {name}, {latency[name]['picture']}: median **{latency[name]['median_s']:.3f} s**, "
-                                   f"90th percentile {latency[name]['p90_s']:.3f} s, over {latency[name]['calls']} calls "
-                                   "after the first" for name in ("example", "photo")])

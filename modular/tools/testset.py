@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from modular.data import CifarData
-from modular.jsonio import write_record
+from modular.tools.jsonio import write_record
 
 
 class TestSetError(RuntimeError):

@@ -15,8 +15,8 @@ from modular.config import Config
 from modular.device import fp32_cpu_copy
 from modular.evaluate import gallery_sample, misclassified, predict
 from modular.learner import Learner
-from modular.trained.gradcam import gradcam_pair
-from modular.trained.weights import load_weights
+from modular.tools.gradcam import gradcam_pair
+from modular.tools.weights import load_weights
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Top-3 classes for image files of any size, with the trained weights (read by modular/trained/images.py)."""
+"""Top-3 classes for image files of any size, with the trained weights (read by modular/tools/images.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from modular.trained.images import ImageError, read_image
-from modular.trained.weights import TrainedModel
+from modular.tools.images import ImageError, read_image
+from modular.tools.weights import TrainedModel
 from modular.transforms import test_transforms
 
 __all__ = ["ImageError", "Prediction", "predict_files"]

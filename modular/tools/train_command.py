@@ -14,12 +14,12 @@ from modular.checkpoint import CheckpointError, checkpoint_path, find_checkpoint
 from modular.config import Config
 from modular.data import CifarData
 from modular.figures import save_run_figures
-from modular.jsonio import write_record
 from modular.learner import DivergenceError, FitResult, Learner
 from modular.lr_finder import LRFindResult
 from modular.plots import plot_lr_finder, save_figure
-from modular.provenance import code_version
-from modular.record import build_lr_find_record, build_record
+from modular.tools.jsonio import write_record
+from modular.tools.provenance import code_version
+from modular.tools.record import build_lr_find_record, build_record
 
 
 class OutputDirError(RuntimeError):

@@ -1,9 +1,9 @@
 """The trained network in the browser: ``python -m modular app`` (Gradio 6).
 
-Upload a picture (read by modular/trained/images.py) or pick one of ten test images, see the top-k classes,
+Upload a picture (read by modular/tools/images.py) or pick one of ten test images, see the top-k classes,
 Grad-CAM for a layer and a class with an opacity, browse misclassified test images (the committed
-sample, modular/trained/samples.py), and read what the network is from the committed run records. The
-handlers are plain functions in modular/trained/handlers.py; ``build_app`` binds them to Gradio. Offline:
+sample, modular/tools/app_samples.py), and read what the network is from the committed run records. The
+handlers are plain functions in modular/tools/app_handlers.py; ``build_app`` binds them to Gradio. Offline:
 no analytics (modular/__init__.py), no share link, only the fonts Gradio bundles; 127.0.0.1 unless
 told otherwise.
 """
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from modular.trained.gradcam import LAYERS
-from modular.trained.handlers import (
+from modular.tools import REPO, RESULTS
+from modular.tools.app_handlers import (
     DISPLAY,
     HINT,
     PREDICTED,
@@ -28,10 +28,10 @@ from modular.trained.handlers import (
     shown_classify,
     shown_misclassified,
 )
-from modular.trained.samples import FOLDER, Sample, check_sample, load_sample
-from modular.trained.weights import SHIPPED, load_weights
+from modular.tools.app_samples import FOLDER, Sample, check_sample, load_sample
+from modular.tools.gradcam import LAYERS
+from modular.tools.weights import SHIPPED, load_weights
 
-RESULTS = Path(__file__).resolve().parents[2] / "results"
 RECORDS = (RESULTS / "headline.json", RESULTS / "official-seed1.json", RESULTS / "official-seed2.json")
 LOOPBACK = "127.0.0.1"
 
@@ -212,7 +212,7 @@ def launch_in_notebook(weights: str | os.PathLike = SHIPPED):
     import sys
 
     if "google.colab" in sys.modules and importlib.util.find_spec("gradio") is None:
-        requirements = Path(__file__).resolve().parents[2] / "requirements-app.txt"
+        requirements = REPO / "requirements-app.txt"
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(requirements)], check=True)
     parts = assemble(weights)
     demo = build_app(parts)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from modular.device import Runtime, runtime_part, versions
 from modular.evaluate import Evaluation
-from modular.provenance import code_version
-from modular.testset import TestSetIdentity
+from modular.tools.provenance import code_version
+from modular.tools.testset import TestSetIdentity
 
 if TYPE_CHECKING:  # annotations only
     from modular.learner import FitResult, Learner

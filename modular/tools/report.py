@@ -73,6 +73,18 @@ def check_same_but_seed(records: list[dict], names: list[str]) -> None:
         raise ReportError(f"seed {max(seeds, key=seeds.count)} appears twice among {', '.join(names)}")
 
 
+def latency_summary(record: dict) -> str:
+    """An app-latency record (modular/tools/app_latency.py): what was measured where, then one line per
+    picture (for the terminal and the README)."""
+    latency = record["app_latency"]
+    head = (f"Measured by `python -m modular app-latency` on {record['hardware']} (load average "
+            f"{record['load_average_before'][0]:.2f} before, {record['load_average_after'][0]:.2f} after), "
+            f"{latency['request']}:")
+    return "\n".join([head, ""] + [f"- {name}, {latency[name]['picture']}: median **{latency[name]['median_s']:.3f} s**, "
+                                   f"90th percentile {latency[name]['p90_s']:.3f} s, over {latency[name]['calls']} calls "
+                                   "after the first" for name in ("example", "photo")])
+
+
 def seeds_table(records: list[dict], names: list[str]) -> str:
     """One row per seed (LRMAX, test accuracy at the last epoch, flip TTA, time), then mean, sample
     standard deviation, minimum and maximum; led by the mean in one line."""
@@ -157,7 +169,7 @@ def ablations_table(baseline: list[dict], baseline_names: list[str], variants: l
 
 def performance_table(bench: dict) -> str:
     """A Markdown table of a benchmark record."""
-    from modular.bench import bench_rows
+    from modular.tools.bench import bench_rows
 
     rows = bench_rows(bench)
     head = (f"Measured by `python -m modular bench` on {bench['hardware']}, batch {bench['batch_size']}, "
@@ -201,9 +213,7 @@ def render_sections(paths: list[Path], ablations: list[Path] = ()) -> dict[str, 
         for path in (p for p, r in records.items() if "history" not in r and "app_latency" not in r):
             sections["performance"] = (str(path), performance_table(records[path]))
         for path in (p for p, r in records.items() if "app_latency" in r):  # the app's response time
-            from modular.trained.latency import describe
-
-            sections["app-latency"] = (str(path), describe(records[path]))
+            sections["app-latency"] = (str(path), latency_summary(records[path]))
         if len(runs) == 1:
             sections["results"] = (str(runs[0]), results_table(records[runs[0]]))
         elif runs:

@@ -1,7 +1,7 @@
 """The app's handlers as plain functions (tested without a server): the top-k classes of a picture with
 its Grad-CAM map, the misclassified test images of the committed sample, and what the network is, from
 the committed run records. ``shown_*`` are what the page calls: input they cannot use is a message in
-place of the result, never an exception. modular/trained/app.py binds them to Gradio."""
+place of the result, never an exception. modular/tools/app.py binds them to Gradio."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modular.trained.gradcam import LAYERS, gradcam_maps, on_own_scale
-from modular.trained.images import ImageError, UserImage, open_image, read_image, upright_rgb
-from modular.trained.samples import Sample
-from modular.trained.weights import TrainedModel, sha256
+from modular.tools.app_samples import Sample
+from modular.tools.gradcam import LAYERS, gradcam_maps, on_own_scale
+from modular.tools.images import ImageError, UserImage, open_image, read_image, upright_rgb
+from modular.tools.weights import TrainedModel, sha256
 from modular.transforms import test_transforms
 
 DISPLAY = 256             # side of the picture with its Grad-CAM map: 8 screen pixels per input pixel
@@ -243,7 +243,7 @@ def _headed(table: str, names: Sequence[str]) -> str:
 def about(records: Sequence[Path], trained: TrainedModel) -> str:
     """What the network is, from the committed run records (the first: the run the weights come from,
     the others: its other seeds): the Results and Seeds tables that ``report`` writes into the README."""
-    from modular.report import results_table, seeds_table
+    from modular.tools.report import results_table, seeds_table
 
     runs = [json.loads(Path(p).read_text()) for p in records]
     if not runs or runs[0].get("weights", {}).get("sha256") != sha256(trained.source):

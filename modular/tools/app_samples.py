@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from modular.data import CifarData
-from modular.jsonio import write_record
-from modular.testset import TestSetIdentity
+from modular.tools import RESULTS
+from modular.tools.jsonio import write_record
+from modular.tools.testset import TestSetIdentity
 
-FORMAT = "era-s10-app-samples/1"
-FOLDER = Path(__file__).resolve().parents[2] / "results" / "app-samples"
+SAMPLE_FORMAT = "era-s10-app-samples/1"
+FOLDER = RESULTS / "app-samples"
 MANIFEST = "manifest.json"
 MOST = 200  # images in all: the sample is committed, and 200 PNGs of 32x32 are about 0.5 MB
 
@@ -92,7 +93,7 @@ def write_sample(data: CifarData, record: dict, record_name: str, predicted: np.
 
     sample = Sample(folder, tuple(data.classes), identity, record_name, weights_sha256,
                     tuple(save(i) for i in examples), tuple(save(i) for i in wrong))
-    manifest = {"format": FORMAT, "record": record_name, "test_set": identity.to_dict(), "weights_sha256": weights_sha256,
+    manifest = {"format": SAMPLE_FORMAT, "record": record_name, "test_set": identity.to_dict(), "weights_sha256": weights_sha256,
                 "classes": list(sample.classes), "examples": [asdict(i) for i in sample.examples],
                 "misclassified": [asdict(i) for i in sample.misclassified]}
     write_record(folder / MANIFEST, manifest)
@@ -104,9 +105,9 @@ def make_sample(data_dir: str, record_path: str | os.PathLike, weights: str | os
     """Predict the test set of ``data_dir`` with ``weights`` as ``evaluate`` does, check it is the
     record's test set, and write the sample into ``folder`` (an existing sample only if ``replace``)."""
     from modular.evaluate import predict
-    from modular.testset import check_test_set
-    from modular.trained.inference import load_for_evaluation
-    from modular.trained.weights import sha256
+    from modular.tools.inference import load_for_evaluation
+    from modular.tools.testset import check_test_set
+    from modular.tools.weights import sha256
 
     if (Path(folder) / MANIFEST).exists() and not replace:
         raise SampleError(f"{folder} already holds a sample; pass --force to replace it")
@@ -123,7 +124,7 @@ def load_sample(folder: str | os.PathLike = FOLDER) -> Sample:
     rewrite = "write it with python -m modular app-samples --data-dir <official CIFAR-10> --record <run record>"
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        if manifest.get("format") != FORMAT:
+        if manifest.get("format") != SAMPLE_FORMAT:
             raise ValueError(f"format {manifest.get('format')!r}")
         sample = Sample(folder, tuple(manifest["classes"]), TestSetIdentity(**manifest["test_set"]), manifest["record"],
                         manifest["weights_sha256"], tuple(SampleImage(**i) for i in manifest["examples"]),
