@@ -219,7 +219,7 @@ def shared_tree(tmp_path_factory) -> Path:
 def shared_run(tmp_path_factory) -> SharedRun:
     """A 2-epoch run on ``shared_tree`` (--max-lr 0.2, batch 32, fp32), run once per session."""
     if "run" not in _CACHE:
-        from modular.tools.cli import build_parser, config_from_args
+        from modular.tools.cli_args import build_parser, config_from_args
         from modular.tools.train_command import train
 
         tree = shared_tree(tmp_path_factory)

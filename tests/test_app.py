@@ -257,7 +257,7 @@ def client(served):
 
 
 def test_the_app_binds_to_127_0_0_1_by_default(served):
-    from modular.tools.cli import build_parser
+    from modular.tools.cli_args import build_parser
 
     assert served[0].startswith("http://127.0.0.1:") and served[1].server_name == "127.0.0.1"
     assert build_parser().parse_args(["app"]).host == "127.0.0.1"

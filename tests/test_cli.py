@@ -99,7 +99,7 @@ def test_the_workers_help_says_what_the_default_does(monkeypatch, capsys):
 
 @pytest.mark.parametrize("command", ["train", "lr-find"])
 def test_ablation_flags_reach_the_config(command):
-    from modular.tools.cli import build_parser, config_from_args
+    from modular.tools.cli_args import build_parser, config_from_args
 
     args = build_parser().parse_args([command, "--label-smoothing", "0", "--logit-scale", "1", "--lr-rule", "steepest"])
     cfg = config_from_args(args)

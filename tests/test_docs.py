@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from modular.tools.cli import build_parser
+from modular.tools.cli_args import build_parser
 from modular.tools.report import render_sections
 
 README = ROOT / "README.md"

@@ -211,7 +211,7 @@ def test_precision_and_paths_may_differ_but_one_seed_is_not_a_spread(tmp_path, c
 
 def test_the_outputs_go_under_runs_unless_named():
     """Like every command: results/ and images/ are written only when named (--output, --figure)."""
-    from modular.tools.cli import build_parser
+    from modular.tools.cli_args import build_parser
 
     args = build_parser().parse_args(["lr-seeds", "a.json", "b.json"])
     assert (args.output, args.figure) == ("runs/lr-seeds/lr-find-seeds.json", "runs/lr-seeds/lr_find_seeds.png")

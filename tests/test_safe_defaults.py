@@ -11,7 +11,7 @@ import pytest
 from helpers import cli_main, shared_run
 
 from modular.checkpoint import load_checkpoint, save_checkpoint
-from modular.tools.cli import ShowDefaults, build_parser
+from modular.tools.cli_args import ShowDefaults, build_parser
 
 
 @pytest.fixture(scope="module")
