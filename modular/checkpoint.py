@@ -130,7 +130,7 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = REQUIRE
         raise CheckpointError(f"{path} is not a checkpoint of this project; delete it or choose another --output-dir")
     missing = [k for k in required if k not in state]
     if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)} (written by an older version, or stripped); "
+        raise CheckpointError(f"{path} lacks {', '.join(missing)} (stripped, or written before this version); "
                               "delete it to start over, or choose another --output-dir")
     return state
 
@@ -172,7 +172,7 @@ class RunFacts:
     lr_find: dict | None = None                     # the range test (LRFindResult.to_dict()); None with --max-lr
     lr_find_seconds: float = 0.0
     commit: list[dict] = field(default_factory=list)  # the code of each part (start, every resume): the CLI notes it
-    ran_on: list[dict] = field(default_factory=list)  # device, precision, hardware of each part (older runs: empty)
+    ran_on: list[dict] = field(default_factory=list)  # device, precision, hardware of each part
 
     @classmethod
     def from_dict(cls, values: dict) -> RunFacts:

@@ -72,7 +72,7 @@ class Config:
     lr_find_start: float = 1e-4
     lr_find_end: float = 10.0
     lr_find_iters: int = 100
-    lr_rule: str = "minimum"             # LR_RULES; records made before the field read as "minimum"
+    lr_rule: str = "minimum"             # one of LR_RULES
 
     # run
     seed: int = 0

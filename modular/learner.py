@@ -147,9 +147,8 @@ TABLE_HEADER = (f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'test los
 
 
 def format_epoch(row: dict) -> str:
-    test_ce = f"{row['test_ce']:>7.4f}" if "test_ce" in row else f"{'-':>7}"  # older records lack it
     return (f"{row['epoch']:>5}  {row['train_loss']:>10.4f}  {row['train_acc']:>8.2f}%  {row['test_loss']:>9.4f}  "
-            f"{test_ce}  {row['test_acc']:>7.2f}%  {row['lr']:>9.2e}  {row['seconds']:>5.0f}s")
+            f"{row['test_ce']:>7.4f}  {row['test_acc']:>7.2f}%  {row['lr']:>9.2e}  {row['seconds']:>5.0f}s")
 
 
 @dataclass

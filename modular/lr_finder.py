@@ -63,9 +63,9 @@ class LRFindResult:
     lr_max: float
     lr_min: float
     steepest_lr: float | None  # the library's suggestion, for comparison
+    raw_losses: list[float]    # one batch's loss per step
     rule: str = RULE
-    raw_losses: list[float] | None = None  # one batch's loss per step (None in records made before it was kept)
-    diverged_lr: float | None = None       # the LR of the point of divergence
+    diverged_lr: float | None = None  # the LR of the point of divergence (None: it never diverged)
 
     def to_dict(self) -> dict:
         return asdict(self)

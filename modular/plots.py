@@ -72,7 +72,7 @@ def plot_history(history: Sequence[Mapping[str, float]]) -> Figure:
     """Loss and accuracy per epoch, train and test, side by side; the best test accuracy marked.
 
     Rows as ``train.fit`` records them: epoch (from 1), train_loss, train_acc, test_loss, test_acc,
-    and test_ce where recorded (older records lack it); accuracies in percent. The losses are the
+    test_ce (null where it was not measured); accuracies in percent. The losses are the
     training criterion (label smoothing included); the test's plain cross-entropy is drawn beside them.
     """
     epochs = np.array([row["epoch"] for row in history])
@@ -81,8 +81,8 @@ def plot_history(history: Sequence[Mapping[str, float]]) -> Figure:
 
     loss_ax.plot(epochs, [row["train_loss"] for row in history], "o-", ms=3, label="train (label-smoothed)")
     loss_ax.plot(epochs, [row["test_loss"] for row in history], "o-", ms=3, label="test (label-smoothed)")
-    if all("test_ce" in row for row in history):
-        loss_ax.plot(epochs, [row["test_ce"] for row in history], "s--", ms=3, label="test, plain cross-entropy")
+    loss_ax.plot(epochs, np.array([row["test_ce"] for row in history], float), "s--", ms=3,
+                 label="test, plain cross-entropy")
     loss_ax.set(title="Loss", xlabel="epoch", ylabel="loss")
 
     train_acc = np.array([row["train_acc"] for row in history], float)
@@ -111,28 +111,27 @@ def _vline(ax: Axes, x: float, label: str, color: str, y_frac: float) -> None:
                 bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
 
 
-def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], lr_max: float, lr_min: float | None = None,
-                   rule: str = "", raw_losses: Sequence[float] | None = None, diverged_lr: float | None = None,
+def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], raw_losses: Sequence[float], lr_max: float,
+                   lr_min: float | None = None, rule: str = "", diverged_lr: float | None = None,
                    steepest_lr: float | None = None) -> Figure:
     """The LR range test on a log LR axis: the raw loss (light) and the smoothed loss the rule reads,
     the point of divergence, LRMAX, LRMIN and torch-lr-finder's steepest-descent suggestion, each
-    labelled; ``rule`` as caption. Takes a range-test record as keywords (old records lack the raw
-    curve and the divergence point: those are left out)."""
+    labelled; ``rule`` as caption. Takes a range-test record as keywords (null, where a loss was not
+    finite or not kept, is not drawn)."""
     lr = np.asarray(lrs, dtype=float)
     loss = np.asarray(losses, dtype=float)
     fig = new_figure(height=4.2)
     ax = fig.subplots()
-    if raw_losses is not None:
-        ax.plot(lr, np.asarray(raw_losses, dtype=float), color="tab:blue", lw=0.8, alpha=0.3, label="raw loss (per batch)")
+    ax.plot(lr, np.asarray(raw_losses, dtype=float), color="tab:blue", lw=0.8, alpha=0.3, label="raw loss (per batch)")
     ax.plot(lr, loss, color="tab:blue", lw=1.6, label="smoothed loss")
     ax.set_xscale("log")
     ax.set(title="LR range test", xlabel="learning rate (log scale)", ylabel="loss")
     finite = loss[np.isfinite(loss)]
     if finite.size:  # the run ends by diverging: keep the interesting part in view
         low, high = finite.min(), min(finite.max(), 2.0 * finite[0] - finite.min())
-        if raw_losses is not None:  # the raw curve before divergence too, to see where LRMAX falls on it
-            raw = np.asarray(raw_losses, dtype=float)[lr <= (diverged_lr or lr[-1])]
-            low = min(low, np.nanmin(raw[np.isfinite(raw)], initial=low))
+        # the raw curve before divergence too, to see where LRMAX falls on it
+        raw = np.asarray(raw_losses, dtype=float)[lr <= (diverged_lr or lr[-1])]
+        low = min(low, np.nanmin(raw[np.isfinite(raw)], initial=low))
         if high > low:
             pad = 0.08 * (high - low)
             ax.set_ylim(low - pad, high + pad)

@@ -119,7 +119,7 @@ def flat_valley_record(seed: int) -> dict:
     loss[x > -0.6] += 3 * (x[x > -0.6] + 0.6) ** 2
     choice = choose_lr_max(lrs.tolist(), loss.tolist())
     record["lr_find"] = LRFindResult(lrs.tolist(), loss.tolist(), choice.lr_max, choice.lr_max / 100,
-                                     choice.steepest_lr, diverged_lr=choice.diverged_lr).to_dict()
+                                     choice.steepest_lr, raw_losses=loss.tolist(), diverged_lr=choice.diverged_lr).to_dict()
     return record
 
 

@@ -73,8 +73,8 @@ def test_history(tmp_path):
                     "test, plain cross-entropy": (epochs, column["test_ce"])}
     assert acc["train"] == (epochs, column["train_acc"]) and acc["test"] == (epochs, column["test_acc"])
     assert acc["best test 83.00% (epoch 5)"] == ([5], [83.0])
-    old = plots.plot_history([{k: v for k, v in row.items() if k != "test_ce"} for row in history])
-    assert "test, plain cross-entropy" not in _lines(old.axes[0])  # older records: no such column, no curve
+    unmeasured = plots.plot_history([{**row, "test_ce": None} for row in history])  # null: not measured, not drawn
+    assert all(np.isnan(_lines(unmeasured.axes[0])["test, plain cross-entropy"][1]))
     _save(fig, tmp_path, "history")
 
 
@@ -91,11 +91,6 @@ def test_lr_finder(rng, tmp_path):
     assert {"raw loss (per batch)", "smoothed loss", "diverged: ignored by the rule"} <= set(labels)
     assert "the rule" in [t.get_text() for t in fig.texts]
     _save(fig, tmp_path, "lr_finder")
-    # an old record: smoothed curve only, no divergence point
-    old = plots.plot_lr_finder(lrs.tolist(), losses.tolist(), lr_max=0.34)
-    assert [t.get_text() for t in old.axes[0].texts] == ["LRMAX = 0.34"]
-    assert old.axes[0].get_legend_handles_labels()[1] == ["smoothed loss"]
-    _save(old, tmp_path, "lr_finder_old_record")
 
 
 def test_lr_schedule(tmp_path):

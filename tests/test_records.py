@@ -139,3 +139,23 @@ def test_committed_records_and_logs_hold_no_absolute_path(path):
         [line for line in text.splitlines() if ABSOLUTE.search(line)]
     assert not found, found
     assert jsonio.portable_file_text(path) == text  # nothing else make_portable would change (NaN, say)
+
+
+COMMITTED_RUNS = [p for p in COMMITTED if p.suffix == ".json" and "history" in json.loads(p.read_text())]
+OPTIONAL = {"stopped", "weights"}  # a run stopped early; the run whose weights were exported
+
+
+@pytest.mark.parametrize("path", COMMITTED_RUNS, ids=[p.name for p in COMMITTED_RUNS])
+def test_committed_run_records_hold_every_field_a_run_writes_today(path, tmp_path_factory):
+    """So the code reads one format, with no branch for older records (null where a value was not measured)."""
+    from dataclasses import fields
+
+    from modular.lr_finder import LRFindResult
+
+    today = shared_run(tmp_path_factory).record
+    record = json.loads(path.read_text())
+    assert set(today) - OPTIONAL - {"lr_find"} <= set(record), sorted(set(today) - OPTIONAL - set(record))
+    assert set(today["config"]) == set(record["config"]), sorted(set(today["config"]) ^ set(record["config"]))
+    assert all(set(row) == set(today["history"][0]) for row in record["history"])
+    assert set(record["lr_find"]) == {f.name for f in fields(LRFindResult)}
+    assert [part["from_epoch"] for part in record["ran_on"]] == [part["from_epoch"] for part in record["commit"]]

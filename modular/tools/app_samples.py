@@ -75,9 +75,8 @@ def write_sample(data: CifarData, record: dict, record_name: str, predicted: np.
     from PIL import Image
 
     identity = TestSetIdentity.of(data)
-    if TestSetIdentity.from_record(record) != identity:
-        raise SampleError(f"{record_name} does not name this test set ({identity}); stamp it or pass the "
-                          "--data-dir it ran on (python -m modular test-set)")
+    if TestSetIdentity.from_record(record, record_name) != identity:
+        raise SampleError(f"{record_name} does not name this test set ({identity}); pass the --data-dir it ran on")
     if len(data.classes) + misclassified > MOST:
         raise SampleError(f"at most {MOST} images in all: ask for at most {MOST - len(data.classes)} misclassified")
     examples, wrong = choose(record, data.test_labels, predicted, len(data.classes), misclassified)

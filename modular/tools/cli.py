@@ -1,5 +1,5 @@
 """Command line: ``python -m modular {train,lr-find,evaluate,predict,gradcam,export-weights,stats,bench,report,
-app,app-samples,app-latency,test-set,lr-seeds}``.
+app,app-samples,app-latency,lr-seeds}``.
 
 Flags (modular/tools/cli_args.py) follow torchvision's reference scripts. Known failures end in one line on stderr:
 exit 2 for bad arguments or configuration, 1 for data, checkpoint or training problems,
@@ -132,22 +132,8 @@ def check_record_test_set(record_path: str, data) -> dict:
     from modular.tools.testset import check_test_set
 
     record = json.loads(Path(record_path).read_text())
-    note = check_test_set(record, record_path, data)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
+    check_test_set(record, record_path, data)
     return record
-
-
-def cmd_test_set(args) -> int:
-    from modular.data import load_cifar10
-    from modular.tools.testset import TestSetIdentity, stamp_record
-
-    data = load_cifar10(args.data_dir)
-    print(f"test set of {data.source}: {TestSetIdentity.of(data).to_dict()}")
-    for record in args.records:
-        stamp_record(record, data)
-        print(f"{record}: checked (image count, labels at its misclassified indices, images per class) and noted")
-    return 0
 
 
 def cmd_app_samples(args) -> int:
@@ -270,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, cfg, argv) if args.command == "train" else cmd_lr_find(args, cfg)
         commands = {"evaluate": cmd_evaluate, "predict": cmd_predict, "gradcam": cmd_gradcam,
                     "export-weights": cmd_export_weights, "stats": cmd_stats, "bench": cmd_bench, "report": cmd_report,
-                    "test-set": cmd_test_set, "app-samples": cmd_app_samples, "app": cmd_app,
+                    "app-samples": cmd_app_samples, "app": cmd_app,
                     "app-latency": cmd_app_latency, "lr-seeds": cmd_lr_seeds}
         return commands[args.command](args)
     except ConfigError as error:

@@ -151,11 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--record", help="the run's own record (its run.json) to note the file's sha256 in; refused "
                         "for a checkpoint of another run (default: noted nowhere)")
 
-    test_set = commands.add_parser("test-set", help="the test set's identity (a hash of its images and labels in "
-                                   "order); with run records: check them against it and add it to them")
-    test_set.add_argument("records", nargs="*", help="run records made on this test set (results/headline.json)")
-    test_set.add_argument("--data-dir", help="as for train (default: download with torchvision into ./data)")
-
     samples = commands.add_parser("app-samples", help="the app's committed sample: one example per class and "
                                   "misclassified images from the test set a run record names (at most 200 in all)")
     samples.add_argument("--data-dir", required=True, help="the test set the record ran on (the official image tree)")

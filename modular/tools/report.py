@@ -190,8 +190,8 @@ def load_record(path: Path) -> dict:
 
 def check_one_setting(record: dict, path: Path) -> None:
     """ReportError if the run was resumed on another device, precision or machine: its times and its
-    precision are then no one setting's (records made before the parts were kept have one entry or none)."""
-    parts = record.get("ran_on") or []
+    precision are then no one setting's. A benchmark record has no parts."""
+    parts = record.get("ran_on", [])
     if len({tuple((k, v) for k, v in part.items() if k != "from_epoch") for part in parts}) > 1:
         described = "; ".join(f"from epoch {p['from_epoch']}: {p['hardware']}, {p['device']}, {p['precision']}" for p in parts)
         raise ReportError(f"{path} was resumed on other hardware or precision ({described}); report runs made in one setting")

@@ -126,7 +126,7 @@ def load_checkpoint_model(path: str | os.PathLike) -> TrainedModel:
     """The model of a training checkpoint (a run of one's own), as ``load_weights`` gives a weights file."""
     state = load_checkpoint(path)
     if "mean" not in state or "std" not in state:
-        raise CheckpointError(f"{path} lacks the run's mean and std (written by an older version); train again")
+        raise CheckpointError(f"{path} lacks the run's mean and std; export the checkpoint of a run that train wrote")
     model = CustomResNet(logit_scale=Config.from_dict(state["config"]).logit_scale)
     load_model_state(model, state, path)
     return TrainedModel(model.float().eval(), tuple(state["mean"]), tuple(state["std"]), CIFAR10_CLASSES, str(path))
