@@ -38,7 +38,7 @@ def run_figures(record: dict, data: CifarData, train_transform) -> dict[str, Fig
     """All but the sample grids are drawn from the record alone (the misclassified gallery also looks up
     its test images by index in ``data``, the test set the record names)."""
     classes = record["classes"]
-    found = {
+    figures = {
         "train_samples": augmented_samples(data, train_transform, record["mean"], record["std"]),
         "test_samples": sample_of_test_images(data),
         "loss_accuracy": plots.plot_history(record["history"]),
@@ -48,8 +48,8 @@ def run_figures(record: dict, data: CifarData, train_transform) -> dict[str, Fig
         "per_class_accuracy": plots.plot_per_class_accuracy(record["per_class_acc"], classes),
     }
     if record.get("lr_find"):
-        found["lr_range_test"] = plots.plot_lr_finder(**record["lr_find"])
-    return found
+        figures["lr_range_test"] = plots.plot_lr_finder(**record["lr_find"])
+    return figures
 
 
 def save_run_figures(record: dict, data: CifarData, train_transform, folder: str | Path) -> list[Path]:

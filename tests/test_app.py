@@ -28,7 +28,7 @@ from modular.tools.app_handlers import (
     about,
     browser_preview,
     classify,
-    misclassified,
+    misclassified_items,
     shown_classify,
     shown_misclassified,
 )
@@ -156,16 +156,16 @@ def test_a_picture_the_browser_cannot_show_gets_a_png_preview(parts, example, tm
 
 def test_the_misclassified_gallery_captions_true_and_predicted_class(parts):
     sample, names = parts.sample, parts.explainer.classes
-    shown = misclassified(parts.explainer, sample, 7, True, "layer2", 0.5)
+    shown = misclassified_items(parts.explainer, sample, 7, True, "layer2", 0.5)
     assert len(shown) == 7
     for (picture, caption), item in zip(shown, sample.misclassified):
         assert picture.shape == (THUMB, THUMB, 3)
         assert caption.startswith(f"{names[item.label]} → {names[item.predicted]} (")
     assert len({names[item.label] for item in sample.misclassified[:7]}) == 7  # the classes take turns
-    assert len(misclassified(parts.explainer, sample, len(sample.misclassified), False, "layer3", 0.5)) == \
+    assert len(misclassified_items(parts.explainer, sample, len(sample.misclassified), False, "layer3", 0.5)) == \
         len(sample.misclassified)
     with pytest.raises(AppInputError, match=f"from 1 to {len(sample.misclassified)}"):
-        misclassified(parts.explainer, sample, len(sample.misclassified) + 1, False, "layer3", 0.5)
+        misclassified_items(parts.explainer, sample, len(sample.misclassified) + 1, False, "layer3", 0.5)
 
 
 def test_how_many_also_sets_how_many_grad_cam_maps_are_drawn_and_bad_values_are_a_message(parts, monkeypatch):
@@ -237,7 +237,7 @@ def test_one_lock_serialises_every_use_of_the_model(parts, example):
     try:
         with ThreadPoolExecutor(6) as pool:
             jobs = [pool.submit(call, parts, str(example), 3, False) for _ in range(4)]
-            jobs += [pool.submit(misclassified, parts.explainer, parts.sample, 2, False, "layer3", 0.5) for _ in range(2)]
+            jobs += [pool.submit(misclassified_items, parts.explainer, parts.sample, 2, False, "layer3", 0.5) for _ in range(2)]
             assert all(job.result() for job in jobs)
     finally:
         for hook in hooks:

@@ -169,4 +169,5 @@ def test_the_committed_official_records_name_the_class_sorted_tree():
                   for name in ("headline", "official-seed1", "official-seed2")}
     assert len(identities) == 1 and json.loads(next(iter(identities)))["kind"] == "image tree"
     jpeg = json.loads((root / "jpeg-seed0.json").read_text())["test_set"]  # the lossy copy: other pixels
-    assert jpeg["kind"] == "image tree in a .tar.gz" and jpeg["images"] == 10000 and {json.dumps(jpeg, sort_keys=True)} != identities
+    assert jpeg["kind"] == "image tree in a .tar.gz" and jpeg["images"] == 10000 \
+        and {json.dumps(jpeg, sort_keys=True)} != identities

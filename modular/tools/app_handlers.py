@@ -206,7 +206,7 @@ def shown_classify(explainer: Explainer, upload, k, show_cam: bool, layer: str, 
         return None, None, "", f"**No answer**: {literal(str(error))}."
 
 
-def misclassified(explainer: Explainer, sample: Sample, n, show_cam: bool, layer: str,
+def misclassified_items(explainer: Explainer, sample: Sample, n, show_cam: bool, layer: str,
                   opacity) -> list[tuple[np.ndarray, str]]:
     """The first ``n`` misclassified images of the sample at THUMB x THUMB, each captioned "true class →
     predicted class (its probability)", with the Grad-CAM map of the predicted class when ``show_cam``
@@ -227,7 +227,7 @@ def misclassified(explainer: Explainer, sample: Sample, n, show_cam: bool, layer
 def shown_misclassified(explainer: Explainer, sample: Sample, n, show_cam: bool, layer: str, opacity) -> tuple:
     """What the Misclassified tab shows: the gallery and '', or no pictures and the message."""
     try:
-        return misclassified(explainer, sample, n, show_cam, layer, opacity), ""
+        return misclassified_items(explainer, sample, n, show_cam, layer, opacity), ""
     except AppInputError as error:
         return [], f"**No pictures**: {literal(str(error))}."
 

@@ -68,10 +68,10 @@ def cmd_lr_find(args, cfg: Config) -> int:
     prepare_output_dir(cfg.output_dir)
     learner = Learner(cfg)
     print(f"data: {learner.data.source}; device: {learner.runtime.describe()}", flush=True)
-    found = range_test(learner)
-    steepest = "none" if found.steepest_lr is None else f"{found.steepest_lr:.3g}"
-    diverged = "never diverged" if found.diverged_lr is None else f"diverged at LR {found.diverged_lr:.3g}"
-    print(f"{diverged}; torch-lr-finder's steepest-descent suggestion {steepest}\nrule: {found.rule}")
+    result = range_test(learner)
+    steepest = "none" if result.steepest_lr is None else f"{result.steepest_lr:.3g}"
+    diverged = "never diverged" if result.diverged_lr is None else f"diverged at LR {result.diverged_lr:.3g}"
+    print(f"{diverged}; torch-lr-finder's steepest-descent suggestion {steepest}\nrule: {result.rule}")
     return 0
 
 
