@@ -47,6 +47,7 @@ class Config:
     data_dir: str | None = None          # None: torchvision's CIFAR10, downloaded into download_root
     download_root: str = "data"
     subset: int | None = None            # class-balanced sample of N training images (quick runs)
+    test_subset: int | None = None       # ... and of N test images (quick runs; a noisier accuracy)
     batch_size: int = 512
     workers: int | None = None           # None: chosen for the device
     cutout_p: float = 1.0                # the prescription: "followed by CutOut(8, 8)" on every image
@@ -98,6 +99,8 @@ class Config:
             (self.max_lr is None or 0 < self.max_lr < math.inf, f"max LR must be a number > 0 (got {self.max_lr})"),
             (self.subset is None or self.subset >= 10,
              f"subset must hold at least one image per class, 10 or more (got {self.subset})"),
+            (self.test_subset is None or self.test_subset >= 10,
+             f"test subset must hold at least one image per class, 10 or more (got {self.test_subset})"),
             (self.workers is None or self.workers >= 0, f"workers must be >= 0 (got {self.workers})"),
             (0 <= self.seed <= MAX_SEED, f"seed must lie in 0..{MAX_SEED} (got {self.seed})"),
             (0.0 <= self.cutout_p <= 1.0, f"cutout probability must lie in [0, 1] (got {self.cutout_p})"),

@@ -51,22 +51,33 @@ class CifarData:
 
     def subset(self, n: int, seed: int) -> CifarData:
         """A class-balanced sample of ``n`` training images, fixed by ``seed`` (test set unchanged)."""
-        if n > len(self.train_labels):
-            raise ConfigError(f"subset of {n} images asked for, but the training set has only "
-                            f"{len(self.train_labels)}: use a smaller --subset")
+        index = self._balanced(self.train_labels, n, seed, "--subset", "training set")
+        return CifarData(self.train_images[index], self.train_labels[index], self.test_images,
+                         self.test_labels, self.classes, f"{self.source} (subset of {n})", self.kind)
+
+    def test_subset(self, n: int, seed: int) -> CifarData:
+        """A class-balanced sample of ``n`` test images, fixed by ``seed``, in the test set's order
+        (training set unchanged). Its identity is its own, so records point into the sample."""
+        index = self._balanced(self.test_labels, n, seed, "--test-subset", "test set")
+        return CifarData(self.train_images, self.train_labels, self.test_images[index], self.test_labels[index],
+                         self.classes, f"{self.source} (test subset of {n})", f"{self.kind}, test subset of {n}")
+
+    def _balanced(self, labels: np.ndarray, n: int, seed: int, flag: str, split: str) -> np.ndarray:
+        """Sorted indices of ``n`` of ``labels``, as many of each class as can be (one more for the first
+        ``n % classes``), drawn with ``seed``; ConfigError naming ``flag`` if the split is too small."""
+        if n > len(labels):
+            raise ConfigError(f"{flag} {n} asked for, but the {split} has only {len(labels)} images: use a smaller {flag}")
         rng = np.random.default_rng(seed)
         per_class = np.full(len(self.classes), n // len(self.classes))
         per_class[: n % len(self.classes)] += 1
         chosen = []
         for label, count in enumerate(per_class):
-            members = np.flatnonzero(self.train_labels == label)
+            members = np.flatnonzero(labels == label)
             if count > len(members):
-                raise ConfigError(f"subset of {n} needs {count} images of class {self.classes[label]!r}, "
-                                f"which has {len(members)}: use a smaller --subset")
+                raise ConfigError(f"{flag} {n} needs {count} images of class {self.classes[label]!r}, "
+                                  f"which has {len(members)} in the {split}: use a smaller {flag}")
             chosen.append(rng.choice(members, size=count, replace=False))
-        index = np.sort(np.concatenate(chosen))
-        return CifarData(self.train_images[index], self.train_labels[index], self.test_images,
-                         self.test_labels, self.classes, f"{self.source} (subset of {n})", self.kind)
+        return np.sort(np.concatenate(chosen))
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,10 +106,11 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download_root: str |
 
 
 def load_data(cfg: Config, setting: str = "--data-dir") -> CifarData:
-    """CIFAR-10 as ``cfg`` says (cfg.data_dir, or torchvision's download), reduced to cfg.subset if set;
-    errors name ``setting``, what the user gives cfg.data_dir with."""
+    """CIFAR-10 as ``cfg`` says (cfg.data_dir, or torchvision's download), reduced to cfg.subset training
+    and cfg.test_subset test images if set; errors name ``setting``, what the user gives cfg.data_dir with."""
     data = load_cifar10(cfg.data_dir, cfg.download_root, setting)
-    return data.subset(cfg.subset, cfg.seed) if cfg.subset else data
+    data = data.subset(cfg.subset, cfg.seed) if cfg.subset else data
+    return data.test_subset(cfg.test_subset, cfg.seed) if cfg.test_subset else data
 
 
 def _load_torchvision(root: Path, download: bool, setting: str = "--data-dir") -> CifarData:

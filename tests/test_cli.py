@@ -75,8 +75,8 @@ def test_a_bad_flag_gets_its_commands_usage_and_exit_2(argv, usage, capsys):
 def test_train_help_lists_the_documented_flags(results):
     text = results["help train"].stdout
     for flag in ("--data-dir", "--epochs", "--batch-size", "--max-lr", "--peak-epoch", "--resume", "--output-dir",
-                 "--device", "--precision", "--seed", "--subset", "--lr-find-end", "--lr-find-iters", "--optimizer",
-                 "--label-smoothing", "--logit-scale", "--lr-rule"):
+                 "--device", "--precision", "--seed", "--subset", "--test-subset", "--lr-find-end", "--lr-find-iters",
+                 "--optimizer", "--label-smoothing", "--logit-scale", "--lr-rule"):
         assert flag in text, flag
 
 
@@ -106,17 +106,6 @@ def test_ablation_flags_reach_the_config(command):
     assert (cfg.label_smoothing, cfg.logit_scale, cfg.lr_rule) == (0.0, 1.0, "steepest")
     defaults = config_from_args(build_parser().parse_args([command]))
     assert (defaults.label_smoothing, defaults.logit_scale, defaults.lr_rule) == (0.2, 0.125, "minimum")
-
-
-def test_a_record_made_before_the_lr_rule_flag_reads_as_the_default_rule():
-    from helpers import ROOT
-
-    from modular.config import Config
-
-    stored = json.loads((ROOT / "results" / "headline.json").read_text())["config"]
-    assert "lr_rule" not in stored
-    assert Config.from_dict(stored).lr_rule == "minimum"
-    assert Config.from_dict(stored).differences(Config.from_dict({**stored, "lr_rule": "minimum"})) == []
 
 
 def test_stats_prints_the_counts_table(results, tmp_path_factory):
@@ -163,3 +152,11 @@ def test_lr_find_writes_its_json_and_plot(results, tmp_path_factory):
     assert png.startswith(PNG_MAGIC) and len(png) > 1000
     assert f"LRMAX {found['lr_max']:.4g}" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_the_quick_paths_flags_reach_the_config():
+    from modular.tools.cli_args import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["train", "--subset", "1000", "--test-subset", "500"]))
+    assert (cfg.subset, cfg.test_subset) == (1000, 500)
+    assert config_from_args(build_parser().parse_args(["train"])).test_subset is None  # all test images by default

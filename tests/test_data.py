@@ -15,7 +15,7 @@ from PIL import Image
 from writers import write_tar_gz, write_torchvision_batches
 
 from modular.config import CIFAR10_CLASSES, Config, ConfigError
-from modular.data import CifarData, DataError, load_cifar10, synthetic_cifar10, write_image_tree
+from modular.data import CifarData, DataError, load_cifar10, load_data, synthetic_cifar10, write_image_tree
 from modular.device import Runtime
 from modular.loaders import CifarDataset, make_loaders
 from modular.transforms import test_transforms as make_test_transforms
@@ -270,6 +270,23 @@ def test_subset_is_deterministic_by_seed(small_data):
     assert np.array_equal(a.train_images, b.train_images)
     assert np.array_equal(a.train_labels, b.train_labels)
     assert not np.array_equal(a.train_images, c.train_images)
+
+
+def test_test_subset_is_class_balanced_in_the_test_sets_order_and_keeps_the_training_set(small_data):
+    sub = small_data.test_subset(20, seed=0)
+    assert np.array_equal(np.bincount(sub.test_labels, minlength=10), [2] * 10)
+    assert np.array_equal(sub.train_images, small_data.train_images)
+    index = [int(np.flatnonzero((small_data.test_images == image).all(axis=(1, 2, 3)))[0]) for image in sub.test_images]
+    assert index == sorted(index) and [int(small_data.test_labels[i]) for i in index] == sub.test_labels.tolist()
+    assert "test subset of 20" in sub.kind  # its identity is the sample's, not the full test set's
+    with pytest.raises(ConfigError, match="--test-subset"):
+        small_data.test_subset(len(small_data.test_labels) + 1, seed=0)
+
+
+def test_load_data_applies_both_subsets(tmp_path):
+    tree = write_image_tree(synthetic_cifar10(n_train=60, n_test=40), tmp_path / "tree")
+    data = load_data(Config(data_dir=str(tree), subset=20, test_subset=10))
+    assert (len(data.train_labels), len(data.test_labels)) == (20, 10)
 
 
 # subset raises ConfigError (a bad --subset value); it raised DataError until data.py was changed.
