@@ -36,7 +36,7 @@ from modular.device import Runtime, runtime_part, select_runtime
 from modular.evaluate import Evaluation, full_evaluation, predict
 from modular.loaders import make_loaders
 from modular.lr_finder import LRFinderError, LRFindResult, range_test
-from modular.progress import ProgressLines, terminal
+from modular.progress import TABLE_HEADER, ProgressLines, format_epoch, terminal
 from modular.schedule import advance, one_cycle
 from modular.transforms import test_transforms, train_transforms
 
@@ -141,16 +141,6 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimize
     return EpochStats(float(loss_sum) / seen, 100.0 * int(correct) / seen, lrs)
 
 
-# "loss" is the training criterion (label smoothing included); "CE" the plain cross-entropy on the test set
-TABLE_HEADER = (f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'test loss':>9}  {'test CE':>7}  {'test acc':>8}  "
-                f"{'lr':>9}  {'time':>6}")
-
-
-def format_epoch(row: dict) -> str:
-    return (f"{row['epoch']:>5}  {row['train_loss']:>10.4f}  {row['train_acc']:>8.2f}%  {row['test_loss']:>9.4f}  "
-            f"{row['test_ce']:>7.4f}  {row['test_acc']:>7.2f}%  {row['lr']:>9.2e}  {row['seconds']:>5.0f}s")
-
-
 @dataclass
 class FitResult:
     """What a run has done so far: the run record and the figures are made from it."""
@@ -165,7 +155,7 @@ class Learner:
 
     ``state``: what to start from instead of a new model initialised from cfg.seed: a checkpoint
     (``checkpoint.find_checkpoint``), continued by ``fit_one_cycle`` after its last epoch; a finished run
-    (``trained.weights.shipped_run``), which has nothing left to train; or weights with the mean and std
+    (``tools.weights.shipped_run``), which has nothing left to train; or weights with the mean and std
     they were trained with (evaluating a weights file). Its optional "source" names it in messages.
     ``log`` takes every line the Learner prints: the epoch table, progress, the LR it picked.
     """
@@ -213,9 +203,8 @@ class Learner:
             self.log(f"{self.source}: the range test its run was started with (not run again)")
             found = LRFindResult(**self.facts.lr_find)
         else:
-            started = time.perf_counter()
-            optimizer = build_optimizer(self.model, self.cfg, self.cfg.lr_find_start)
-            found = range_test(self.model, optimizer, self.criterion, self.train_loader, self.runtime, self.cfg,
+            started = time.perf_counter()  # the range test restores the model's and optimizer's state after it
+            found = range_test(self.model, self.optimizer, self.criterion, self.train_loader, self.runtime, self.cfg,
                                log=self.log)
             self.facts.lr_max, self.facts.lr_min = found.lr_max, found.lr_min
             self.facts.lr_find, self.facts.lr_find_seconds = found.to_dict(), time.perf_counter() - started

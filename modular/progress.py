@@ -109,3 +109,14 @@ def track(iterable: Iterable, what: str, total: int, unit: str = "steps", log: C
             yield item
     finally:
         lines.close()
+
+
+# The epoch table that fit_one_cycle prints, one row per epoch.
+# "loss" is the training criterion (label smoothing included); "CE" the plain cross-entropy on the test set
+TABLE_HEADER = (f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'test loss':>9}  {'test CE':>7}  {'test acc':>8}  "
+                f"{'lr':>9}  {'time':>6}")
+
+
+def format_epoch(row: dict) -> str:
+    return (f"{row['epoch']:>5}  {row['train_loss']:>10.4f}  {row['train_acc']:>8.2f}%  {row['test_loss']:>9.4f}  "
+            f"{row['test_ce']:>7.4f}  {row['test_acc']:>7.2f}%  {row['lr']:>9.2e}  {row['seconds']:>5.0f}s")

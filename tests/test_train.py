@@ -13,7 +13,8 @@ from modular import device as device_module
 from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.device import select_runtime
-from modular.learner import TABLE_HEADER, Learner
+from modular.learner import Learner
+from modular.progress import TABLE_HEADER
 from modular.tools.provenance import code_version
 from modular.tools.train_command import train
 
