@@ -344,7 +344,7 @@ BAD_CONFIGS = {
     "max lr inf": (["--max-lr", "inf"], "max LR must be a number > 0"),
     "device tpu": (["--device", "tpu"], "--device"),
     "optimizer foo": (["--optimizer", "foo"], "--optimizer"),
-    "subset larger than the data": (["--subset", "1000"], "subset of 1000"),
+    "subset larger than the data": (["--subset", "1000"], "--subset 1000"),  # names the flag to change
     "lr-find-iters 5": (["--lr-find-iters", "5"], "at least 20 iterations"),
     "label smoothing 1": (["--label-smoothing", "1"], "label smoothing must lie in [0, 1)"),
     "label smoothing -0.1": (["--label-smoothing", "-0.1"], "label smoothing must lie in [0, 1)"),
