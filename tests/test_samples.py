@@ -57,6 +57,8 @@ def test_a_sample_is_written_read_back_and_checked_against_its_record(tmp_path):
         assert np.array_equal(np.asarray(Image.open(sample.path(item))), data.test_images[item.index])
         assert item.label == data.test_labels[item.index] and item.predicted == predicted[item.index]
     check_sample(sample, record, "run.json")
+    relabelled = {**record, "test_set": {**record["test_set"], "kind": "torchvision batches"}}
+    check_sample(sample, relabelled, "run.json")  # the same images: the kind only describes where they came from
     other = {**record, "test_set": {**record["test_set"], "sha256": "0" * 64}}
     with pytest.raises(SampleError, match="another test set"):
         check_sample(sample, other, "other.json")

@@ -75,7 +75,7 @@ def write_sample(data: CifarData, record: dict, record_name: str, predicted: np.
     from PIL import Image
 
     identity = TestSetIdentity.of(data)
-    if TestSetIdentity.from_record(record, record_name) != identity:
+    if not TestSetIdentity.from_record(record, record_name).same_images(identity):
         raise SampleError(f"{record_name} does not name this test set ({identity}); pass the --data-dir it ran on")
     if len(data.classes) + misclassified > MOST:
         raise SampleError(f"at most {MOST} images in all: ask for at most {MOST - len(data.classes)} misclassified")
@@ -139,7 +139,7 @@ def load_sample(folder: str | os.PathLike = FOLDER) -> Sample:
 def check_sample(sample: Sample, record: dict, record_name: str) -> None:
     """SampleError unless the sample comes from the record's test set and its misclassified images are
     among the record's, with the record's true classes."""
-    if TestSetIdentity.from_record(record) != sample.test_set:
+    if not TestSetIdentity.from_record(record, record_name).same_images(sample.test_set):
         raise SampleError(f"{sample.folder} was written from another test set ({sample.test_set}) than {record_name} "
                           "names; write it again with python -m modular app-samples")
     recorded = {entry["index"]: entry["actual"] for entry in record["misclassified"]}
