@@ -22,7 +22,7 @@ SHIPPED_WEIGHTS = "results/custom_resnet_cifar10.pt"
 
 OPTIMIZERS = ("sgd", "adam")
 # How LRMAX is read off the range test: "minimum" is the project's divergence-aware rule
-# (lr_finder.RULE: the smoothed minimum, or the left end of a wide flat valley); "steepest" is
+# (lr_finder.RULE: the smoothed minimum, or the steepest descent below a wide flat valley); "steepest" is
 # torch-lr-finder's own suggestion, what the original used.
 LR_RULES = ("minimum", "steepest")
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -5,7 +5,8 @@ smooths it as the library would (an exponential moving average, factor 0.05) and
 rule in RULE to the smoothed curve. With label smoothing and scaled logits the loss is bounded:
 it never passes the library's 5x-the-best stop, and after blowing up it can fall again. The rule
 therefore cuts the curve at the point of divergence and looks only before it. It takes the
-minimum there, except in a wide flat valley (Adam's curve), where it takes the valley's left end.
+minimum there, except in a wide flat valley (Adam's curve), where it takes the steepest descent before the
+valley: the one thing such a curve measures well.
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ MIN_RISE = 0.02        # ...or, while it has gained little, once it climbs 2% of
 MIN_POINTS = 10        # a minimum within the first points means the test diverged almost at once
 SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's window for its own steepest-descent suggestion
 # A flat valley: the points next to the minimum whose smoothed loss is within FLAT_DEPTH of the drop (start to
-# minimum) of it. On the SGD curves it spans 1.4-2.3x in LR and the minimum is the pick; Adam's spans 8x, and 100
-# batches cannot tell which LR of such a span stays stable for 24 epochs, so the rule takes its safe (left) end.
-FLAT_DEPTH = 0.10
-FLAT_WIDTH = 4.0       # wider than this (an LR ratio) and the valley counts as flat
+# minimum) of it. On the SGD curves it spans 2.3-3.6x in LR and the minimum is the pick; on Adam's, 7.2-23x. 100
+# batches cannot tell which LR of so wide a span stays stable for 24 epochs (Adam at its right end did not train,
+# at its left end reached 90.28%), so the rule goes below the valley, to where the loss falls fastest.
+FLAT_DEPTH = 0.20
+FLAT_WIDTH = 5.0       # wider than this (an LR ratio) and the valley counts as flat: 1.4x from SGD's and Adam's
 RULE = ("LRMAX is the LR at the minimum of the smoothed loss before divergence (the first point where the smoothed "
         "loss climbs above its lowest value so far by half the drop from the start to that value, or by 2% of the "
-        "starting loss if that is more), unless the loss stays within 10% of its drop of that minimum over more than "
-        "a factor of 4 in LR below it: then the lowest LR of that flat valley; LRMIN = LRMAX / div_factor")
+        "starting loss if that is more), unless the loss stays within 20% of its drop of that minimum over more than "
+        "a factor of 5 in LR below it: then the LR of the steepest descent before that flat valley; "
+        "LRMIN = LRMAX / div_factor")
 STEEPEST_RULE = ("LRMAX is torch-lr-finder's suggestion, the LR of the steepest descent of the smoothed loss between its "
                  f"first {SKIP_START} and last {SKIP_END} points (the original's rule); LRMIN = LRMAX / div_factor")
 RULES = {"minimum": RULE, "steepest": STEEPEST_RULE}
@@ -50,7 +53,7 @@ class LRChoice:
     """What the rule read off a smoothed curve (indices into the curve)."""
     lr_max: float
     min_index: int             # the smoothed minimum before divergence
-    valley_start: int          # the flat valley's left end (== min_index when the valley is narrow)
+    valley_start: int          # the flat valley's left end (close to min_index when the valley is narrow)
     diverged_index: int | None  # None: never diverged (possible under the "steepest" rule only)
     diverged_lr: float | None
     steepest_lr: float | None  # the library's suggestion, for comparison only
@@ -79,12 +82,19 @@ def smooth(raw: list[float], factor: float = SMOOTH_F) -> list[float]:
     return out
 
 
-def steepest_descent_lr(lrs: np.ndarray, smoothed: np.ndarray) -> float | None:
-    """torch-lr-finder's suggestion: the steepest smoothed descent between its skip_start and skip_end."""
-    window = smoothed[SKIP_START:len(smoothed) - SKIP_END]
+def steepest_index(smoothed: np.ndarray, end: int) -> int | None:
+    """Index of the steepest smoothed descent from point SKIP_START up to ``end`` (exclusive), the gradient taken
+    over the window as torch-lr-finder takes it; None if fewer than two points lie there."""
+    window = smoothed[SKIP_START:end]
     if window.size < 2:
         return None
-    return float(lrs[SKIP_START + int(np.argmin(np.gradient(window)))])
+    return SKIP_START + int(np.argmin(np.gradient(window)))
+
+
+def steepest_descent_lr(lrs: np.ndarray, smoothed: np.ndarray) -> float | None:
+    """torch-lr-finder's suggestion: the steepest smoothed descent between its skip_start and skip_end."""
+    at = steepest_index(smoothed, len(smoothed) - SKIP_END)
+    return None if at is None else float(lrs[at])
 
 
 def finite_length(curve: np.ndarray) -> int:
@@ -131,7 +141,13 @@ def choose_lr_max(lrs: list[float], smoothed: list[float], stopped_early: bool =
             f"the LR range test diverged almost at once (lowest loss at point {min_index + 1} of {len(curve)}, diverged "
             f"near LR {lrs_a[diverged]:.3g}): lower --lr-find-end or raise --lr-find-iters")
     start = flat_valley_start(curve, min_index)
-    pick = start if lrs_a[min_index] / lrs_a[start] > FLAT_WIDTH else min_index
+    pick = min_index
+    if lrs_a[min_index] / lrs_a[start] > FLAT_WIDTH:
+        pick = steepest_index(curve, start + 1)
+        if pick is None:
+            raise LRFinderError(
+                f"the loss lay flat from the range test's start (LR {lrs_a[start]:.3g}) to its minimum (LR "
+                f"{lrs_a[min_index]:.3g}), so no descent is in sight to read LRMAX from: set it with --max-lr")
     return LRChoice(float(lrs_a[pick]), min_index, start, diverged, float(lrs_a[diverged]), steepest)
 
 

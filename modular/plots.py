@@ -152,11 +152,11 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], raw_losses: Se
 
 def plot_lr_seeds(seeds: Sequence[Mapping[str, Any]], spread: Mapping[str, Mapping[str, Any]] | None = None,
                   rule: str = "") -> Figure:
-    """Several seeds' range tests on one log LR axis: each seed's smoothed loss, its LRMAX (dot), the
-    smoothed minimum where it differs (square), the LR where it diverged (cross) and torch-lr-finder's
-    steepest suggestion (triangle), the seed's precision in the legend. ``seeds``: rows of an lr-find-seeds
-    record (seed, precision, lrs, losses, lr_max, minimum_lr, diverged_lr, steepest_lr); ``spread``: its
-    spread, for the title; ``rule``: the caption."""
+    """Several seeds' range tests on one log LR axis: each seed's smoothed loss, its LRMAX (dot), today's
+    rule's pick where it differs (star), the smoothed minimum where it differs (square), the LR where it
+    diverged (cross) and torch-lr-finder's steepest suggestion (triangle), the seed's precision in the legend.
+    ``seeds``: rows of an lr-find-seeds record (seed, precision, lrs, losses, lr_max, rule_lr, minimum_lr,
+    diverged_lr, steepest_lr); ``spread``: its spread, for the title; ``rule``: the caption."""
     from matplotlib.lines import Line2D
 
     fig = new_figure(height=4.8)
@@ -167,9 +167,9 @@ def plot_lr_seeds(seeds: Sequence[Mapping[str, Any]], spread: Mapping[str, Mappi
         lr, loss = np.asarray(row["lrs"], dtype=float), np.asarray(row["losses"], dtype=float)  # null -> NaN
         ax.plot(lr, loss, color=color, lw=1.4,
                 label=f"seed {row['seed']} ({row['precision']}): LRMAX {row['lr_max']:.3g}")
-        for key, marker, size in (("lr_max", "o", 8), ("minimum_lr", "s", 7), ("diverged_lr", "X", 9),
-                                  ("steepest_lr", "^", 8)):
-            if row.get(key) is not None and (key != "minimum_lr" or row[key] != row["lr_max"]):
+        for key, marker, size in (("lr_max", "o", 8), ("rule_lr", "*", 13), ("minimum_lr", "s", 7),
+                                  ("diverged_lr", "X", 9), ("steepest_lr", "^", 8)):
+            if row.get(key) is not None and (key in ("lr_max", "diverged_lr", "steepest_lr") or row[key] != row["lr_max"]):
                 at = int(np.argmin(np.abs(np.log(lr) - math.log(row[key]))))  # the curve's point at that LR
                 ax.plot(lr[at], loss[at], marker, color=color, ms=size, mec="black", mew=0.7, zorder=5)
         finite = loss[np.isfinite(loss)]
@@ -188,11 +188,13 @@ def plot_lr_seeds(seeds: Sequence[Mapping[str, Any]], spread: Mapping[str, Mappi
     ax.grid(alpha=0.3, which="both")
     seeds_legend = ax.legend(loc="lower left", fontsize=8, title="seed (precision)", title_fontsize=8)
     ax.add_artist(seeds_legend)
+    differs = {key: any(row.get(key) not in (None, row["lr_max"]) for row in seeds) for key in ("rule_lr", "minimum_lr")}
     markers = [Line2D([], [], ls="", marker=m, color="grey", mec="black", mew=0.7, ms=8, label=label)
-               for m, label in (("o", "LRMAX (the rule's pick)"),
-                                ("s", "smoothed minimum (where not LRMAX: a flat valley)"),
-                                ("X", "diverged: the rule looks no further"), ("^", "steepest descent (torch-lr-finder)"))
-               if m != "s" or any(row.get("minimum_lr") not in (None, row["lr_max"]) for row in seeds)]
+               for m, label, shown in (("o", "LRMAX (the run's pick)", True),
+                                       ("*", "the rule's pick today (where not the run's)", differs["rule_lr"]),
+                                       ("s", "smoothed minimum (where not LRMAX)", differs["minimum_lr"]),
+                                       ("X", "diverged: the rule looks no further", True),
+                                       ("^", "steepest descent (torch-lr-finder)", True)) if shown]
     ax.legend(handles=markers, loc="upper left", fontsize=8)
     if rule:
         fig.text(0.5, 0, textwrap.fill(rule, 110), ha="center", va="top", fontsize=8.5, style="italic")

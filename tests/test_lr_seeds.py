@@ -14,7 +14,7 @@ from modular.config import Config
 from modular.lr_finder import RULE, LRFindResult, choose_lr_max, smooth
 from modular.plots import plot_lr_seeds
 from modular.tools.jsonio import dumps
-from modular.tools.lr_seeds import LRSeedsError, gather
+from modular.tools.lr_seeds import LRSeedsError, caption, gather
 
 STD = [0.2470, 0.2435, 0.2616]
 
@@ -111,7 +111,7 @@ def test_the_minimum_and_the_divergence_are_read_off_the_curve(tmp_path):
 
 
 def flat_valley_record(seed: int) -> dict:
-    """A run at the left end of a flat valley (Adam's shape): the smoothed minimum lies 8x further right."""
+    """A run in a wide flat valley (Adam's shape): LRMAX lies on the fall before it, the smoothed minimum far right."""
     record = lr_find_record(seed, 70, optimizer="adam")
     lrs = np.geomspace(1e-4, 10, 100)
     x = np.log10(lrs)
@@ -135,6 +135,32 @@ def test_a_flat_valley_shows_the_smoothed_minimum_beside_lrmax(tmp_path):
     assert sorted(float(line.get_xdata()[0]) for line in squares) == sorted(r["minimum_lr"] for r in gathered["seeds"])
 
 
+def test_a_record_older_than_the_rule_shows_the_rules_pick_today_beside_its_own(tmp_path):
+    """A run that took its flat valley's left end (the rule before): the record keeps what the run used, the
+    gathered row and the figure add what the rule picks on that curve now (a star)."""
+    records = [flat_valley_record(seed) for seed in (0, 1)]
+    found = records[0]["lr_find"]
+    today = found["lr_max"]
+    found["lr_max"] = older = found["lrs"][55]
+    paths = [write(tmp_path, f"{n}.json", record) for n, record in enumerate(records)]
+    gathered = gather(paths)
+    first, second = gathered["seeds"]
+    assert (first["lr_max"], first["rule_lr"]) == (older, today) and second["rule_lr"] == second["lr_max"]
+    assert gathered["spread"]["rule_lr"]["n"] == 2
+    ax = plot_lr_seeds(gathered["seeds"], gathered["spread"], gathered["rule"]).axes[0]
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*" and len(line.get_xdata()) == 1]
+    assert [float(line.get_xdata()[0]) for line in stars] == [today]
+    assert "the rule's pick today (where not the run's)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    found["rule"] = "an older rule"
+    write(tmp_path, "0.json", records[0])
+    gathered = gather(paths)
+    assert caption(gathered).startswith("Dots, the runs' picks, by the rule they ran with: an older rule. Stars")
+    assert gathered["rule_now"] in caption(gathered)
+    records[0]["lr_find"]["lr_max"] = today  # the older rule picked the same: the caption is today's rule alone
+    write(tmp_path, "0.json", records[0])
+    assert caption(gather(paths)) == gathered["rule_now"]
+
+
 def test_the_command_writes_the_record_and_the_figure(inputs, tmp_path, capsys):
     out, figure = tmp_path / "results" / "lr-find-seeds.json", tmp_path / "images" / "lr_find_seeds.png"
     code, stdout, err = cli_main(["lr-seeds", *inputs, "--output", out, "--figure", figure], capsys)
@@ -144,7 +170,7 @@ def test_the_command_writes_the_record_and_the_figure(inputs, tmp_path, capsys):
     assert record["config"]["data_dir"] == "cifar10-official" and record["seeds"][3]["source"] == "lr_find.json"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = stdout.splitlines()
-    assert lines[0].split()[:6] == ["seed", "precision", "LRMAX", "minimum", "diverged", "steepest"]
+    assert lines[0].split()[:7] == ["seed", "precision", "LRMAX", "rule", "now", "minimum", "diverged"]
     assert [line.split()[:2] for line in lines[1:6]] == [["0", "bf16"], ["1", "bf16"], ["2", "bf16"], ["3", "fp32"],
                                                         ["4", "fp32"]]
     s = record["spread"]["lr_max"]

@@ -218,13 +218,12 @@ def cmd_report(args) -> int:
 def cmd_lr_seeds(args) -> int:
     from modular import plots
     from modular.tools.jsonio import write_record
-    from modular.tools.lr_seeds import format_seeds, gather
+    from modular.tools.lr_seeds import caption, format_seeds, gather
 
     gathered = gather(args.records)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_record(args.output, gathered)
-    figure = plots.save_figure(plots.plot_lr_seeds(gathered["seeds"], gathered["spread"], gathered["rule"] or ""),
-                               args.figure)
+    figure = plots.save_figure(plots.plot_lr_seeds(gathered["seeds"], gathered["spread"], caption(gathered)), args.figure)
     print(f"{format_seeds(gathered)}\nrecord: {args.output}; figure: {figure}")
     return 0
 

@@ -66,7 +66,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="the model's logits are multiplied by this, > 0; 1 gives raw logits")
     p.add_argument("--lr-rule", choices=LR_RULES, default=Config.lr_rule,
                    help="how LRMAX is read off the range test: 'minimum', the smoothed loss's minimum before "
-                   "divergence (the left end of the valley where the loss lies flat over more than 4x in LR); "
+                   "divergence (or, where the loss lies flat over more than 5x in LR below it, the steepest descent "
+                   "before that valley); "
                    "'steepest', torch-lr-finder's steepest-descent suggestion (the original's)")
     p.add_argument("--device", choices=DEVICES, default=Config.device, help="auto: CUDA, then MPS, then the CPU")
     p.add_argument("--precision", choices=PRECISIONS, default=Config.precision,

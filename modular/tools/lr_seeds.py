@@ -1,5 +1,6 @@
 """Several seeds' LR range tests side by side (``python -m modular lr-seeds``): each seed's picks (LRMAX,
-the smoothed minimum, the LR where the loss diverged, torch-lr-finder's steepest-descent suggestion) with the precision and
+what the rule picks today, the smoothed minimum, the LR where the loss diverged, torch-lr-finder's
+steepest-descent suggestion) with the precision and
 hardware it ran on, and their spread. Inputs are range-test records (lr_find.json, written by
 ``lr-find``) or run records (run.json, whose range test is under "lr_find"), of one configuration.
 """
@@ -13,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modular.config import Config
-from modular.lr_finder import choose_lr_max
+from modular.lr_finder import RULES, choose_lr_max
 from modular.tools.jsonio import portable
 
-# lr_max: what the run used (its record's); minimum_lr: the smoothed minimum before divergence, which the
+# lr_max: what the run used (its record's); rule_lr: what the rule picks on the same curve today (it differs
+# from lr_max where the record predates the rule); minimum_lr: the smoothed minimum before divergence, which the
 # rule takes unless the valley is flat (so the two differ on Adam's curves and agree on SGD's)
-PICKS = ("lr_max", "minimum_lr", "diverged_lr", "steepest_lr")
+PICKS = ("lr_max", "rule_lr", "minimum_lr", "diverged_lr", "steepest_lr")
 # Besides the seed, the precision may differ (bf16 on one machine, fp32 on another): it is shown per
 # seed, not refused. Where and how fast (config.RUNTIME_FIELDS) may differ too.
 MAY_DIFFER = ("seed", "precision")
@@ -43,11 +45,11 @@ class SeedTest:
     found: dict             # the range test: lrs, losses (smoothed), lr_max, diverged_lr, steepest_lr, rule, ...
 
     def picks(self) -> dict:
-        """LRMAX and the steepest suggestion as recorded; the smoothed minimum and the divergence LR read
-        off the curve by the rule that picked LRMAX."""
+        """LRMAX and the steepest suggestion as recorded; today's pick, the smoothed minimum and the
+        divergence LR read off the curve by the rule (as it is now) that the run named."""
         stopped = len(self.found["lrs"]) < self.config.lr_find_iters
         choice = choose_lr_max(self.found["lrs"], self.found["losses"], stopped, self.config.lr_rule)
-        return {"lr_max": self.found["lr_max"], "minimum_lr": self.found["lrs"][choice.min_index],
+        return {"lr_max": self.found["lr_max"], "rule_lr": choice.lr_max, "minimum_lr": self.found["lrs"][choice.min_index],
                 "diverged_lr": choice.diverged_lr, "steepest_lr": self.found["steepest_lr"]}
 
 
@@ -109,9 +111,18 @@ def gather(paths: list[str | Path]) -> dict:
     seeds = [{"seed": t.seed, "source": portable(t.source), "precision": t.precision, "device": t.device, "hardware": t.hardware,
               **t.picks(), "lrs": t.found["lrs"], "losses": t.found["losses"]} for t in tests]
     config = {k: v for k, v in tests[0].config.to_dict().items() if k not in MAY_DIFFER}
-    return {"config": config, "rule": tests[0].found.get("rule"), "train_images": tests[0].train_images,
+    return {"config": config, "rule": tests[0].found.get("rule"), "rule_now": RULES[tests[0].config.lr_rule],
+            "train_images": tests[0].train_images,
             "mean": list(tests[0].mean), "std": list(tests[0].std), "seeds": seeds,
             "spread": {key: spread([s[key] for s in seeds]) for key in PICKS}}
+
+
+def caption(gathered: dict) -> str:
+    """The figure's caption: today's rule, and the runs' own where it picked otherwise on their curves."""
+    if all(row["rule_lr"] == row["lr_max"] for row in gathered["seeds"]):
+        return gathered["rule_now"]
+    return (f"Dots, the runs' picks, by the rule they ran with: {gathered['rule']}. "
+            f"Stars, the rule today: {gathered['rule_now']}.")
 
 
 def format_seeds(gathered: dict) -> str:
@@ -119,10 +130,12 @@ def format_seeds(gathered: dict) -> str:
     def lr(value: float | None) -> str:
         return "-" if value is None else f"{value:.4g}"
 
-    lines = [f"{'seed':>4}  {'precision':<9}  {'LRMAX':>8}  {'minimum':>8}  {'diverged':>8}  {'steepest':>8}  hardware"]
-    lines += [f"{s['seed']:>4}  {s['precision']:<9}  {lr(s['lr_max']):>8}  {lr(s['minimum_lr']):>8}  "
+    lines = [f"{'seed':>4}  {'precision':<9}  {'LRMAX':>8}  {'rule now':>8}  {'minimum':>8}  {'diverged':>8}  "
+             f"{'steepest':>8}  hardware"]
+    lines += [f"{s['seed']:>4}  {s['precision']:<9}  {lr(s['lr_max']):>8}  {lr(s['rule_lr']):>8}  {lr(s['minimum_lr']):>8}  "
               f"{lr(s['diverged_lr']):>8}  {lr(s['steepest_lr']):>8}  {s['hardware']}" for s in gathered["seeds"]]
-    for key, name in zip(PICKS, ("LRMAX", "smoothed minimum", "divergence LR", "steepest suggestion")):
+    for key, name in zip(PICKS, ("LRMAX", "the rule's pick today", "smoothed minimum", "divergence LR",
+                                 "steepest suggestion")):
         s = gathered["spread"][key]
         if s["n"]:
             lines.append(f"{name}: min {lr(s['min'])}, max {lr(s['max'])} ({s['ratio']:.2f}x), "
