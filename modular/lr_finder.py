@@ -31,7 +31,7 @@ SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's window for its own steepest-de
 # A flat valley: the points next to the minimum whose smoothed loss is within FLAT_DEPTH of the drop (start to
 # minimum) of it. On the SGD curves it spans 2.3-3.6x in LR and the minimum is the pick; on Adam's, 7.2-23x. 100
 # batches cannot tell which LR of so wide a span stays stable for 24 epochs (Adam at its right end did not train,
-# at its left end reached 90.28%), so the rule goes below the valley, to where the loss falls fastest.
+# at its left end reached 90.28%, at the steepest descent below it 93.49%), so the rule goes below the valley.
 FLAT_DEPTH = 0.20
 FLAT_WIDTH = 5.0       # wider than this (an LR ratio) and the valley counts as flat: 1.4x from SGD's and Adam's
 RULE = ("LRMAX is the LR at the minimum of the smoothed loss before divergence (the first point where the smoothed "
