@@ -216,7 +216,7 @@ def render_sections(paths: list[Path], ablations: list[Path] = ()) -> dict[str, 
             sections["app-latency"] = (str(path), latency_summary(records[path]))
         if len(runs) == 1:
             sections["results"] = (str(runs[0]), results_table(records[runs[0]]))
-        elif runs:
+        elif runs and not ablations:  # with ablations the seeds are the baseline of that table alone
             sections["seeds"] = (" ".join(map(str, runs)), seeds_table([records[p] for p in runs], [str(p) for p in runs]))
     except (KeyError, TypeError) as error:
         raise ReportError(f"a record lacks a field the table needs ({error!r}); is it a record of this project?") from None
