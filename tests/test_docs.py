@@ -109,10 +109,12 @@ def test_every_generated_section_is_what_report_writes_from_its_records():
     for document in [README, *DOCS]:
         for name, (paths, target, body) in generated_sections(document.read_text()).items():
             assert target == document.relative_to(ROOT).as_posix(), f"{name}: the note names --readme {target}"
-            source, table = render_sections([ROOT / p for p in paths])[name]
+            ablations = [paths[i + 1] for i, word in enumerate(paths) if word == "--ablation"]
+            runs = [word for word in paths if word != "--ablation" and word not in ablations]
+            source, table = render_sections([ROOT / p for p in runs], [ROOT / p for p in ablations])[name]
             assert body == table, f"the {name} section of {target} differs from `report {' '.join(paths)}`"
             seen.add(name)
-    assert seen >= {"results", "seeds", "performance", "app-latency"}
+    assert seen >= {"results", "seeds", "performance", "app-latency", "ablations"}
 
 
 def test_every_figure_in_images_is_shown_in_the_readme_or_docs():
