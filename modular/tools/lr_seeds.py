@@ -130,10 +130,10 @@ def format_seeds(gathered: dict) -> str:
     def lr(value: float | None) -> str:
         return "-" if value is None else f"{value:.4g}"
 
-    lines = [f"{'seed':>4}  {'precision':<9}  {'LRMAX':>8}  {'rule now':>8}  {'minimum':>8}  {'diverged':>8}  "
-             f"{'steepest':>8}  hardware"]
-    lines += [f"{s['seed']:>4}  {s['precision']:<9}  {lr(s['lr_max']):>8}  {lr(s['rule_lr']):>8}  {lr(s['minimum_lr']):>8}  "
-              f"{lr(s['diverged_lr']):>8}  {lr(s['steepest_lr']):>8}  {s['hardware']}" for s in gathered["seeds"]]
+    lines = [f"{'seed':>4}  {'precision':<9}  {'LRMAX':>9}  {'rule now':>9}  {'minimum':>9}  {'diverged':>9}  "
+             f"{'steepest':>9}  hardware"]
+    lines += [f"{s['seed']:>4}  {s['precision']:<9}  {lr(s['lr_max']):>9}  {lr(s['rule_lr']):>9}  {lr(s['minimum_lr']):>9}  "
+              f"{lr(s['diverged_lr']):>9}  {lr(s['steepest_lr']):>9}  {s['hardware']}" for s in gathered["seeds"]]
     for key, name in zip(PICKS, ("LRMAX", "the rule's pick today", "smoothed minimum", "divergence LR",
                                  "steepest suggestion")):
         s = gathered["spread"][key]
