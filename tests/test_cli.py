@@ -160,3 +160,19 @@ def test_the_quick_paths_flags_reach_the_config():
     cfg = config_from_args(build_parser().parse_args(["train", "--subset", "1000", "--test-subset", "500"]))
     assert (cfg.subset, cfg.test_subset) == (1000, 500)
     assert config_from_args(build_parser().parse_args(["train"])).test_subset is None  # all test images by default
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`python -m modular lr-seeds ... | head -1`: the pipe closes while the table is printed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    records = [str(root / "results" / name) for name in ("adam-valley-left-seed0.json", "lr-find-adam-seed1.json")]
+    command = [sys.executable, "-m", "modular", "lr-seeds", *records, "--output", str(tmp_path / "o.json"),
+               "--figure", str(tmp_path / "f.png")]
+    reader = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # the reader leaves before the first line
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=120) == 1 and stderr == "", stderr

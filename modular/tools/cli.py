@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import signal
 import sys
@@ -266,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except FileNotFoundError as error:
         print(f"error: {error.filename}: file not found", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # the reader left (`... | head`): stop quietly, as the Python docs advise for SIGPIPE
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # no flush error at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:  # train handles its own (it says how to resume)
         print("\ninterrupted", file=sys.stderr)
