@@ -1,8 +1,8 @@
 """Several seeds' LR range tests side by side (``python -m modular lr-seeds``): each seed's picks (LRMAX,
 what the rule picks today, the smoothed minimum, the LR where the loss diverged, torch-lr-finder's
-steepest-descent suggestion) with the precision and
-hardware it ran on, and their spread. Inputs are range-test records (lr_find.json, written by
-``lr-find``) or run records (run.json, whose range test is under "lr_find"), of one configuration.
+steepest-descent suggestion) with the precision and hardware it ran on, and their spread. Inputs are
+range-test records (lr_find.json, written by ``lr-find``) or run records (run.json, whose range test is
+under "lr_find"), of one configuration.
 """
 
 from __future__ import annotations
@@ -112,8 +112,7 @@ def gather(paths: list[str | Path]) -> dict:
               **t.picks(), "lrs": t.found["lrs"], "losses": t.found["losses"]} for t in tests]
     config = {k: v for k, v in tests[0].config.to_dict().items() if k not in MAY_DIFFER}
     return {"config": config, "rule": tests[0].found.get("rule"), "rule_now": RULES[tests[0].config.lr_rule],
-            "train_images": tests[0].train_images,
-            "mean": list(tests[0].mean), "std": list(tests[0].std), "seeds": seeds,
+            "train_images": tests[0].train_images, "mean": list(tests[0].mean), "std": list(tests[0].std), "seeds": seeds,
             "spread": {key: spread([s[key] for s in seeds]) for key in PICKS}}
 
 
