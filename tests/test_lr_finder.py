@@ -206,7 +206,7 @@ def committed_curves():
 def test_the_rule_on_every_committed_curve():
     """SGD keeps its picks (the headline's seeds and the five-seed study); on Adam's wide valley the rule takes the
     steepest descent before it, inside the 2.5e-4..5.5e-2 where the 25 published Adam runs of this recipe reached
-    90-93%, and below what the runs recorded (the plain minimum, then the valley's left end, took more)."""
+    90-93%; the runs of earlier rules recorded the valley's left end or its minimum."""
     seen = {"sgd": 0, "adam": 0}
     for name, optimizer, recorded, choice, lrs in committed_curves():
         seen[optimizer] += 1
@@ -214,7 +214,9 @@ def test_the_rule_on_every_committed_curve():
             assert choice.lr_max == pytest.approx(recorded, rel=0.10), name
         else:
             assert 2.5e-4 <= choice.lr_max <= 5.5e-2, (name, choice.lr_max)
-            assert choice.lr_max < lrs[choice.valley_start] <= recorded, name
+            assert choice.lr_max < lrs[choice.valley_start], name
+            # a run of today's rule recorded the same pick; one of an earlier rule, the valley or its minimum
+            assert recorded == choice.lr_max or recorded >= lrs[choice.valley_start], (name, recorded)
     assert seen["sgd"] >= 6 and seen["adam"] >= 2
 
 
