@@ -150,6 +150,12 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], raw_losses: Se
     return fig
 
 
+def drawn_apart(row: Mapping[str, Any], key: str) -> bool:
+    """Whether a seed's ``key`` pick (rule_lr or minimum_lr) gets its own marker in plot_lr_seeds: it is
+    known and is not the LRMAX the run used."""
+    return row.get(key) not in (None, row["lr_max"])
+
+
 def plot_lr_seeds(seeds: Sequence[Mapping[str, Any]], spread: Mapping[str, Mapping[str, Any]] | None = None,
                   rule: str = "") -> Figure:
     """Several seeds' range tests on one log LR axis: each seed's smoothed loss, its LRMAX (dot), today's
@@ -169,7 +175,7 @@ def plot_lr_seeds(seeds: Sequence[Mapping[str, Any]], spread: Mapping[str, Mappi
                 label=f"seed {row['seed']} ({row['precision']}): LRMAX {row['lr_max']:.3g}")
         for key, marker, size in (("lr_max", "o", 8), ("rule_lr", "*", 13), ("minimum_lr", "s", 7),
                                   ("diverged_lr", "X", 9), ("steepest_lr", "^", 8)):
-            if row.get(key) is not None and (key in ("lr_max", "diverged_lr", "steepest_lr") or row[key] != row["lr_max"]):
+            if (key in ("lr_max", "diverged_lr", "steepest_lr") and row.get(key) is not None) or drawn_apart(row, key):
                 at = int(np.argmin(np.abs(np.log(lr) - math.log(row[key]))))  # the curve's point at that LR
                 ax.plot(lr[at], loss[at], marker, color=color, ms=size, mec="black", mew=0.7, zorder=5)
         finite = loss[np.isfinite(loss)]
@@ -188,7 +194,7 @@ def plot_lr_seeds(seeds: Sequence[Mapping[str, Any]], spread: Mapping[str, Mappi
     ax.grid(alpha=0.3, which="both")
     seeds_legend = ax.legend(loc="lower left", fontsize=8, title="seed (precision)", title_fontsize=8)
     ax.add_artist(seeds_legend)
-    differs = {key: any(row.get(key) not in (None, row["lr_max"]) for row in seeds) for key in ("rule_lr", "minimum_lr")}
+    differs = {key: any(drawn_apart(row, key) for row in seeds) for key in ("rule_lr", "minimum_lr")}
     markers = [Line2D([], [], ls="", marker=m, color="grey", mec="black", mew=0.7, ms=8, label=label)
                for m, label, shown in (("o", "LRMAX (the run's pick)", True),
                                        ("*", "the rule's pick today (where not the run's)", differs["rule_lr"]),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from modular.config import Config
 from modular.lr_finder import RULES, choose_lr_max
+from modular.plots import drawn_apart
 from modular.tools.jsonio import portable
 
 # lr_max: what the run used (its record's); rule_lr: what the rule picks on the same curve today (it differs
@@ -118,7 +119,7 @@ def gather(paths: list[str | Path]) -> dict:
 
 def caption(gathered: dict) -> str:
     """The figure's caption: today's rule, and the runs' own where it picked otherwise on their curves."""
-    if all(row["rule_lr"] == row["lr_max"] for row in gathered["seeds"]):
+    if not any(drawn_apart(row, "rule_lr") for row in gathered["seeds"]):  # no star drawn
         return gathered["rule_now"]
     return (f"Dots, the runs' picks, by the rule they ran with: {gathered['rule']}. "
             f"Stars, the rule today: {gathered['rule_now']}.")
