@@ -130,13 +130,16 @@ def test_ablations_table_reads_each_change_off_the_configs_and_marks_the_noise()
     steep = variant(0, 10.00, optimizer="adam", lr_rule="steepest")
     steep["stopped"] = {"reason": "loss became NaN/inf at epoch 3, step 7; lower --max-lr", "after_epoch": 2}
     steep["history"] = steep["history"][:2]
-    table = ablations_table(baseline, ["s0", "s1", "s2"], [adam, plain, steep], ["adam", "plain", "steep"])
+    by_hand = variant(0, 93.50, label_smoothing=0.0, logit_scale=1.0, max_lr=0.4)
+    table = ablations_table(baseline, ["s0", "s1", "s2"], [adam, plain, steep, by_hand],
+                            ["adam", "plain", "steep", "by_hand"])
     assert f"{statistics.mean([94.29, 94.09, 94.30]):.2f}% ± {sd:.2f}" in table
     assert f"under {2 * 2 ** 0.5 * sd:.2f} points" in table
     rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
     assert "-1.23 |" in rows["optimizer: sgd → adam"]                      # resolved: no noise mark
     assert "+0.17 (within noise)" in rows["label_smoothing: 0.2 → 0.0; logit_scale: 0.125 → 1.0"]
     assert "stopped after epoch 2: NaN loss" in rows["optimizer: sgd → adam; lr_rule: minimum → steepest"]
+    assert "-0.73 |" in rows["max_lr: range test → 0.4; label_smoothing: 0.2 → 0.0; logit_scale: 0.125 → 1.0"]
 
 
 @pytest.mark.parametrize("make, named", [

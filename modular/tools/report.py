@@ -107,8 +107,14 @@ def seeds_table(records: list[dict], names: list[str]) -> str:
                       "|---|---|---|---|---|", *rows])
 
 
-# What an ablation variant may change; anything else makes it another experiment, not an ablation.
-ABLATION_FIELDS = frozenset({"optimizer", "lr_rule", "label_smoothing", "logit_scale"})
+# What an ablation variant may change; anything else makes it another experiment, not an ablation. max_lr
+# (an LRMAX set by hand) lets a variant that moves the range test's pick be rerun at the baseline's LR.
+ABLATION_FIELDS = frozenset({"optimizer", "lr_rule", "label_smoothing", "logit_scale", "max_lr"})
+
+
+def _setting(field: str, value) -> str:
+    """A config value as the Ablations table names it: no max_lr means the range test chose it."""
+    return "range test" if field == "max_lr" and value is None else str(value)
 
 
 def ablation_change(baseline: dict, variant: dict, name: str) -> str:
@@ -126,7 +132,7 @@ def ablation_change(baseline: dict, variant: dict, name: str) -> str:
                           f"{'/'.join(sorted(ABLATION_FIELDS))}: an ablation changes one of those and nothing else")
     if not changed:
         raise ReportError(f"{name} has the baseline's configuration: it is another seed, not an ablation")
-    return "; ".join(f"{k}: {base_cfg.to_dict()[k]} → {var_cfg.to_dict()[k]}" for k in changed)
+    return "; ".join(f"{k}: {_setting(k, base_cfg.to_dict()[k])} → {_setting(k, var_cfg.to_dict()[k])}" for k in changed)
 
 
 def ablations_table(baseline: list[dict], baseline_names: list[str], variants: list[dict], variant_names: list[str]) -> str:
