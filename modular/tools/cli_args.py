@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(results/bench-cpu.json: the Performance table)")
     report.add_argument("--ablation", action="append", default=[], metavar="RECORD",
                         help="a variant's run record that changes one thing (optimizer, LR rule, label smoothing, "
-                        "logit scale): with the baseline seeds as RECORDS, writes the Ablations table "
+                        "logit scale, LRMAX set by --max-lr): with the baseline seeds as RECORDS, writes the Ablations table "
                         "(repeatable; default: none)")
     report.add_argument("--readme", help="write the tables into this file's marked sections, e.g. README.md "
                         "(default: print them, write nothing)")
