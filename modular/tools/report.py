@@ -120,9 +120,9 @@ def _setting(field: str, value) -> str:
 def ablation_change(baseline: dict, variant: dict, name: str) -> str:
     """The variant's change, read off the two configs ("optimizer: sgd -> adam; ..."); ReportError
     if it changes nothing, or anything besides ABLATION_FIELDS, or ran on other data or precision."""
-    base_cfg, var_cfg = Config.from_dict(baseline["config"]), Config.from_dict(variant["config"])
-    changed = [k for k in base_cfg.to_dict() if k not in RUNTIME_FIELDS | {"seed"}
-               and base_cfg.to_dict()[k] != var_cfg.to_dict()[k]]
+    base, var = Config.from_dict(baseline["config"]).to_dict(), Config.from_dict(variant["config"]).to_dict()
+    changed = [k for k in base if k not in RUNTIME_FIELDS | {"seed"}
+               and base[k] != var[k]]
     other = [k for k in changed if k not in ABLATION_FIELDS]
     other += [k for k in SEED_FIELDS if baseline[k] != variant[k]]
     if [round(x, 4) for x in baseline["std"]] != [round(x, 4) for x in variant["std"]]:
@@ -132,7 +132,7 @@ def ablation_change(baseline: dict, variant: dict, name: str) -> str:
                           f"{'/'.join(sorted(ABLATION_FIELDS))}: an ablation changes one of those and nothing else")
     if not changed:
         raise ReportError(f"{name} has the baseline's configuration: it is another seed, not an ablation")
-    return "; ".join(f"{k}: {_setting(k, base_cfg.to_dict()[k])} → {_setting(k, var_cfg.to_dict()[k])}" for k in changed)
+    return "; ".join(f"{k}: {_setting(k, base[k])} → {_setting(k, var[k])}" for k in changed)
 
 
 def ablations_table(baseline: list[dict], baseline_names: list[str], variants: list[dict], variant_names: list[str]) -> str:
