@@ -1,17 +1,15 @@
-"""Atomic checkpoint writes and validated reads, and what a run keeps in every checkpoint.
+"""What a run starts from, and the checkpoint written after every epoch.
 
-A checkpoint is one dict (torchvision's reference style): model, optimizer, scheduler, scaler,
-epoch, history, lr_per_step, rng, config, and the run's facts (``RunFacts``: mean, std, lr_max, lr_min,
-lr_find, ...).
+Three kinds of start, one small type each: ``Weights`` (trained weights and the statistics they were
+trained with: a weights file), ``RunSoFar`` (weights with the epochs and decisions of the run that made
+them: the shipped weights with their record) and ``Checkpoint`` (a ``RunSoFar`` with what continuing it
+bitwise needs: optimizer, scheduler, scaler, RNG, config). On disk a checkpoint is one dict
+(torchvision's reference style), written atomically (``robust.save_atomic``).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import socket
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,146 +17,17 @@ from typing import Any
 import torch
 
 from modular.config import Config
+from modular.robust import save_atomic
 
 CHECKPOINT_FORMAT = "era-s10-checkpoint/1"
-WEIGHTS_FORMAT = "era-s10-weights/1"  # modular/tools/weights.py's file: told apart here so the error can say so
 REQUIRED = ("format", "model", "optimizer", "scheduler", "epoch", "history", "config")
 # what continuing a run reads besides: the RNG, the LR trace and the run's decisions (mean, std, LRMAX)
 RESUME_REQUIRED = (*REQUIRED, "rng", "lr_per_step", "lr_max", "lr_min", "mean", "std")
-# Another machine's temporary file is its own business while it may still be written: a folder on
-# Google Drive is shared by Colab VMs, and a pid says nothing about another machine. Left this long
-# untouched, though, it is a dead machine's leftover (a write takes seconds to minutes).
-FOREIGN_TMP_STALE_SECONDS = 24 * 3600
+START_OVER = "delete it to start over, or choose another --output-dir"  # the fix when a run's own checkpoint fails
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit this run; the message names the file."""
-
-
-def save_atomic(payload: Any, path: str | os.PathLike) -> Path:
-    """torch.save ``payload`` to ``path`` atomically: a temporary file in the same folder, flushed to
-    disk, renamed over the old one, then the folder synced so the rename itself survives a power cut.
-    A crash mid-write leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{host_tag()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
-    _remove_orphans(path)
-    return path
-
-
-def _sync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # a platform without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def host_tag() -> str:
-    """This machine's name as temporary files carry it: letters, digits and '-' (no dots)."""
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "unknown-host"
-
-
-def _remove_orphans(path: Path) -> None:
-    """Delete temporary files (``.<name>.<host>.<pid>.<random>.tmp``) left by writers killed mid-write.
-    On this machine: those whose process is gone; a file a live process is still writing stays.
-    Another machine's (a shared folder): only once untouched for FOREIGN_TMP_STALE_SECONDS, its pid
-    meaning nothing here. Files named otherwise (older versions wrote no host) are left alone."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        parts = stale.name[len(path.name) + 2:-len(".tmp")].rsplit(".", 2)
-        if len(parts) != 3 or not parts[1].isdigit():
-            continue
-        host, pid = parts[0], int(parts[1])
-        if host == host_tag():
-            if pid != os.getpid() and _alive(pid):
-                continue
-        else:
-            try:
-                if time.time() - stale.stat().st_mtime < FOREIGN_TMP_STALE_SECONDS:
-                    continue
-            except OSError:  # removed meanwhile
-                continue
-        stale.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write a training checkpoint (tagged with CHECKPOINT_FORMAT) atomically; see ``save_atomic``."""
-    return save_atomic({"format": CHECKPOINT_FORMAT, **state}, path)
-
-
-def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED) -> dict[str, Any]:
-    """Read a checkpoint on the CPU; CheckpointError if it is missing, truncated, corrupt, foreign or
-    lacks one of ``required`` (RESUME_REQUIRED to continue training it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, bad pickle, wrong file type...
-        reason = str(error).split(". ")[0].splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} ({reason}); delete it to start over") from None
-    if isinstance(state, dict) and state.get("format") == WEIGHTS_FORMAT:
-        raise CheckpointError(f"{path} is a weights file, not a training checkpoint: evaluate, predict and gradcam "
-                              "take it with --weights")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint of this project; delete it or choose another --output-dir")
-    missing = [k for k in required if k not in state]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)} (stripped, or written before this version); "
-                              "delete it to start over, or choose another --output-dir")
-    return state
-
-
-def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Load weights, turning a shape or key mismatch into a one-line CheckpointError."""
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0]  # line 0 is "Error(s) in loading state_dict for ..."
-        raise CheckpointError(f"{path} holds weights of another model ({detail.rstrip('.')})") from None
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """Restore a checkpoint's optimizer state, keeping this run's choice of fused kernels (the saved
-    param groups carry the flag of the run that wrote them, possibly on another device) and this
-    run's memory layout: buffers shaped like their parameter (momentum, Adam's averages) take its
-    strides. A checkpoint written in NCHW (on MPS, or by an older CPU fp32 run) otherwise keeps NCHW
-    buffers beside channels_last parameters, and fused SGD on CUDA refuses to step with them."""
-    fused = [group.get("fused") for group in optimizer.param_groups]
-    optimizer.load_state_dict(saved)
-    for group, flag in zip(optimizer.param_groups, fused):
-        group["fused"] = flag
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 @dataclass
@@ -183,11 +52,111 @@ class RunFacts:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Weights:
+    """Trained weights (a state_dict) and the channel statistics their inputs were normalized with."""
+    model: dict[str, torch.Tensor]
+    mean: list[float]
+    std: list[float]
+    source: str                                     # names them in messages: a file, usually
+
+
+@dataclass(frozen=True)
+class RunSoFar:
+    """A run's weights after its last finished epoch, with its epochs and decisions."""
+    weights: Weights
+    facts: RunFacts
+    history: list[dict]                             # one row per finished epoch
+    lr_per_step: list[float]
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+
+@dataclass(frozen=True)
+class Checkpoint(RunSoFar):
+    """A ``RunSoFar`` with what continuing it needs to give the same bits as a run never stopped."""
+    optimizer: dict
+    scheduler: dict
+    scaler: dict | None                             # GradScaler's (fp16 only)
+    rng: torch.Tensor                               # torch's CPU generator
+    config: dict                                    # the Config it was trained with
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any], source: str) -> Checkpoint:
+        facts = RunFacts.from_dict(state)
+        return cls(Weights(state["model"], facts.mean, facts.std, source), facts, list(state["history"]),
+                   list(state["lr_per_step"]), state["optimizer"], state["scheduler"], state.get("scaler"),
+                   state["rng"]["torch"], state["config"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict written to disk (the same keys since the first version, so every checkpoint resumes)."""
+        return {"format": CHECKPOINT_FORMAT, "model": self.weights.model, "optimizer": self.optimizer,
+                "scheduler": self.scheduler, "scaler": self.scaler, "epoch": self.epochs_done, "history": self.history,
+                "lr_per_step": self.lr_per_step, "rng": {"torch": self.rng}, "config": self.config,
+                **self.facts.to_dict()}
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
+    """Write ``checkpoint`` atomically (``robust.save_atomic``): a crash mid-write leaves the previous one."""
+    return save_atomic(checkpoint.to_dict(), path)
+
+
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED, fix: str = START_OVER) -> dict[str, Any]:
+    """Read a checkpoint's dict on the CPU; CheckpointError, ending with ``fix``, if it is missing,
+    truncated, corrupt, foreign or lacks one of ``required`` (RESUME_REQUIRED to continue training it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # truncated zip, bad pickle, wrong file type: torch's own words say nothing more useful
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or damaged; {fix}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a training checkpoint of this project; {fix}")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)} (stripped, or written before this version); {fix}")
+    return state
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """The checkpoint at ``path``, complete enough to continue its run."""
+    return Checkpoint.from_dict(load_checkpoint(path, RESUME_REQUIRED), str(path))
+
+
+def load_model_state(model: torch.nn.Module, weights: Weights) -> None:
+    """Load weights, turning a shape or key mismatch into a one-line CheckpointError."""
+    try:
+        model.load_state_dict(weights.model)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # line 0 is "Error(s) in loading state_dict for ..."
+        raise CheckpointError(f"{weights.source} holds weights of another model ({detail.rstrip('.')})") from None
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore a checkpoint's optimizer state, keeping this run's choice of fused kernels (the saved
+    param groups carry the flag of the run that wrote them, possibly on another device) and this
+    run's memory layout: buffers shaped like their parameter (momentum, Adam's averages) take its
+    strides. A checkpoint written in NCHW (on MPS, or by an older CPU fp32 run) otherwise keeps NCHW
+    buffers beside channels_last parameters, and fused SGD on CUDA refuses to step with them."""
+    fused = [group.get("fused") for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, flag in zip(optimizer.param_groups, fused):
+        group["fused"] = flag
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def checkpoint_path(cfg: Config) -> Path:
     return Path(cfg.output_dir) / "checkpoint.pt"
 
 
-def find_checkpoint(cfg: Config, resume: bool) -> dict | None:
+def find_checkpoint(cfg: Config, resume: bool) -> Checkpoint | None:
     """The checkpoint in cfg.output_dir to continue, or None for a new run.
 
     Without ``resume`` an existing checkpoint is an error (finished epochs are never overwritten
@@ -199,9 +168,9 @@ def find_checkpoint(cfg: Config, resume: bool) -> dict | None:
     if not resume:
         raise CheckpointError(f"{path} already exists: pass --resume to continue that run, "
                               "or choose another --output-dir")
-    state = load_checkpoint(path, RESUME_REQUIRED)
-    differences = cfg.differences(Config.from_dict(state["config"]))
+    checkpoint = read_checkpoint(path)
+    differences = cfg.differences(Config.from_dict(checkpoint.config))
     if differences:
         raise CheckpointError(f"{path} belongs to another configuration ({'; '.join(differences[:3])}); "
                               "rerun with the same flags, or choose another --output-dir")
-    return state
+    return checkpoint

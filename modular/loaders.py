@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import atexit
 import os
-import signal
-import weakref
 
 import numpy as np
 import torch
@@ -14,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from modular.config import MAX_WORKERS, Config
 from modular.data import CifarData
 from modular.device import Runtime
+from modular.robust import guard_workers
 from modular.transforms import reseed
 
 
@@ -77,30 +75,6 @@ def default_workers(device: torch.device) -> int:
     return min(MAX_WORKERS, os.cpu_count() or 1)
 
 
-def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore SIGINT and SIGTERM. `timeout`, Slurm, ``kill -- -PGID``
-    and Ctrl-C in a terminal signal every process of the job; a worker that died of it would make
-    the main process's DataLoader raise "worker ... is killed by signal" (mid-epoch, before the run
-    could say how to resume). The main process stops on the signal and shuts its workers down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def shut_down_workers(loader_ref: weakref.ref) -> None:
-    """Stop the persistent worker processes of the DataLoader ``loader_ref`` points to, if any.
-
-    Registered with atexit for every loader that has workers: workers that ignore SIGTERM must be
-    shut down by the main process before it exits. torch does it when the loader is freed, but
-    not at interpreter exit (a loader in a global or a reference cycle), and multiprocessing then
-    waits forever for the daemon workers it tried to SIGTERM. atexit runs handlers last-registered
-    first, so this runs before torch's own exit handler turns the shutdown into a no-op."""
-    loader = loader_ref()
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
-        loader._iterator = None
-
-
 class Collate:
     """Stack samples into one batch already in the run's memory layout, so that pinning and the copy
     to the device keep it (both preserve strides) and no second copy on the device is needed.
@@ -124,15 +98,11 @@ def make_loaders(data: CifarData, train_transform, test_transform, cfg: Config,
     run's layout into pinned memory where the device is a GPU."""
     workers = default_workers(runtime.device) if cfg.workers is None else cfg.workers
     common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=runtime.pin_memory,
-                  persistent_workers=workers > 0, collate_fn=Collate(runtime.memory_format),
-                  worker_init_fn=leave_stop_signals_to_the_main_process if workers > 0 else None)
+                  persistent_workers=workers > 0, collate_fn=Collate(runtime.memory_format))
     train_set = CifarDataset(data.train_images, data.train_labels, train_transform, cfg.seed)
     test_set = CifarDataset(data.test_images, data.test_labels, test_transform, cfg.seed)
     train_loader = DataLoader(train_set, sampler=EpochSampler(len(train_set), True, cfg.seed), **common)
     test_loader = DataLoader(test_set, sampler=EpochSampler(len(test_set), False), **common)
-    if workers > 0:
-        for loader in (train_loader, test_loader):
-            atexit.register(shut_down_workers, weakref.ref(loader))
-    return train_loader, test_loader
+    return guard_workers(train_loader), guard_workers(test_loader)
 
 

@@ -11,17 +11,23 @@ valley: the one thing such a curve measures well.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from unittest import mock
 
 import numpy as np
 import torch
 
 from modular.config import Config
-from modular.progress import track
+from modular.progress import Progress
+
+with warnings.catch_warnings():  # tqdm.autonotebook warns on import where ipywidgets is missing
+    warnings.simplefilter("ignore")
+    from torch_lr_finder import LRFinder
+    from torch_lr_finder import lr_finder as lr_finder_module
+    from tqdm.autonotebook import tqdm as tqdm_autonotebook
 
 SMOOTH_F = 0.05        # torch-lr-finder's default smoothing, applied here to the raw curve
 GIVE_BACK = 0.5        # diverged once the loss gives back half of what it gained...
@@ -161,31 +167,20 @@ def flat_valley_start(curve: np.ndarray, min_index: int) -> int:
     return start
 
 
-def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: torch.nn.Module,
-               train_loader, runtime, cfg: Config, log: Callable[[str], None] = print,
-               bar: bool | None = None) -> LRFindResult:
-    """Run the exponential range test from cfg.lr_find_start to cfg.lr_find_end over
-    cfg.lr_find_iters batches, showing progress (``progress.track``: a bar in a terminal, else lines
-    through ``log``). Model and optimizer are restored afterwards."""
-    with warnings.catch_warnings():  # tqdm.autonotebook warns on import where ipywidgets is missing
-        warnings.simplefilter("ignore")
-        from torch_lr_finder import LRFinder
-        from torch_lr_finder import lr_finder as lr_finder_module
-
+def find_lr(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: torch.nn.Module,
+            train_loader, runtime, cfg: Config, log: Callable[[str], None] = print,
+            bar: bool | None = None) -> LRFindResult:
+    """Run torch-lr-finder's exponential range test from cfg.lr_find_start to cfg.lr_find_end over
+    cfg.lr_find_iters batches and read LRMAX off its curve (``choose_lr_max``), showing progress
+    (``progress.Progress``). Model and optimizer are restored afterwards."""
     amp = {}
     if runtime.amp_dtype is not None:
         amp = dict(amp_backend="torch", grad_scaler=runtime.grad_scaler(),
                    amp_config={"device_type": runtime.device.type, "dtype": runtime.amp_dtype})
     finder = LRFinder(model, optimizer, criterion, device=runtime.device, **amp)
-
-    def progress(iterable, **kwargs):  # the library wraps range(num_iter) in tqdm
-        return track(iterable, "LR range test", len(iterable), "steps", log, bar)
-
     try:
-        # the library prints status lines of its own; keep the output to ours (its module-level
-        # name "print" shadows the builtin for that module only)
-        with mock.patch.object(lr_finder_module, "tqdm", progress), \
-                mock.patch.object(lr_finder_module, "print", lambda *args, **kwargs: None, create=True):
+        with Progress("LR range test", cfg.lr_find_iters, "steps", log, bar) as progress, library_output_replaced(progress):
+            # smooth_f=0 keeps every raw loss (the project smooths); diverge_th is the library's default stop
             finder.range_test(train_loader, start_lr=cfg.lr_find_start, end_lr=cfg.lr_find_end,
                               num_iter=cfg.lr_find_iters, step_mode="exp", smooth_f=0, diverge_th=5)
         lrs = [float(x) for x in finder.history["lr"]]
@@ -196,3 +191,27 @@ def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criteri
     choice = choose_lr_max(lrs, smoothed, stopped_early=len(lrs) < cfg.lr_find_iters, rule=cfg.lr_rule)
     return LRFindResult(lrs, smoothed, choice.lr_max, choice.lr_max / cfg.div_factor, choice.steepest_lr,
                         rule=RULES[cfg.lr_rule], raw_losses=raw, diverged_lr=choice.diverged_lr)
+
+
+@contextlib.contextmanager
+def library_output_replaced(progress: Progress):
+    """While it runs, torch-lr-finder's bar is ``progress`` and its two status lines go nowhere.
+
+    The library draws its bar with its module's ``tqdm`` (a widget that stays in a saved notebook) and
+    prints with ``print``; it has no switch for either, so both names are swapped for the test and put
+    back after. A release that moved them fails here, loudly, instead of drawing a second bar."""
+    if getattr(lr_finder_module, "tqdm", None) is not tqdm_autonotebook:
+        raise RuntimeError("this torch-lr-finder draws its progress in a way the project does not know: "
+                           "install the tested version (pip install -r requirements.txt)")
+
+    def bar(steps, **_):
+        for done, step in enumerate(steps):
+            progress.update(done)
+            yield step
+
+    lr_finder_module.tqdm, lr_finder_module.print = bar, lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        lr_finder_module.tqdm = tqdm_autonotebook
+        del lr_finder_module.print  # the builtin again

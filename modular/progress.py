@@ -5,6 +5,7 @@ rewritten in place and emptied when the loop ends, so a saved notebook keeps non
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -66,8 +67,8 @@ class ProgressLines:
 
     def __post_init__(self) -> None:
         self.started = self._last_time = self.clock()
-        if self.log is print and in_notebook():
-            self.log = LiveLine()
+        if self.log is print:  # bound to today's stdout: a library silenced later does not swallow the lines
+            self.log = LiveLine() if in_notebook() else functools.partial(print, file=sys.stdout)
 
     def close(self) -> None:
         """The loop has ended: a notebook's live line is emptied (the caller's result follows)."""
@@ -93,22 +94,50 @@ class ProgressLines:
         self._last_time, self._last_percent = now, percent
 
 
+class Progress:
+    """The progress of one loop of ``total`` units: a tqdm bar if ``bar`` (default: in a terminal), else
+    ``ProgressLines`` through ``log``. Streams are taken when it is made, so output redirected later (a
+    library silenced meanwhile) does not swallow it. Use it as a context manager: it closes at the end."""
+
+    def __init__(self, what: str, total: int, unit: str = "steps", log: Callable[[str], None] = print,
+                 bar: bool | None = None):
+        self.bar = self.lines = None
+        if terminal() if bar is None else bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=what, total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
+        else:
+            self.lines = ProgressLines(what, total, unit, log)
+
+    def update(self, done: int, note: str | None = None) -> None:
+        """``done`` units finished; ``note`` (e.g. the running loss) is shown from now on."""
+        if self.bar is not None:
+            if note is not None:
+                self.bar.set_postfix_str(note, refresh=False)
+            self.bar.update(done - self.bar.n)
+            return
+        if note is not None:
+            self.lines.note = note
+        self.lines.update(done)
+
+    def close(self) -> None:
+        (self.bar or self.lines).close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def track(iterable: Iterable, what: str, total: int, unit: str = "steps", log: Callable[[str], None] = print,
           bar: bool | None = None) -> Iterator:
-    """Yield the items of ``iterable`` while showing progress: a tqdm bar if ``bar`` (default: in a
-    terminal), else ProgressLines through ``log``. An item counts as done when the next is asked for."""
-    if terminal() if bar is None else bar:
-        from tqdm import tqdm
-
-        yield from tqdm(iterable, desc=what, total=total, leave=False, dynamic_ncols=True)
-        return
-    lines = ProgressLines(what, total, unit, log)
-    try:
+    """Yield the items of ``iterable`` while showing ``Progress``; an item counts as done when the next is
+    asked for."""
+    with Progress(what, total, unit, log, bar) as progress:
         for done, item in enumerate(iterable):
-            lines.update(done)
+            progress.update(done)
             yield item
-    finally:
-        lines.close()
 
 
 # The epoch table that fit_one_cycle prints, one row per epoch.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.optim.lr_scheduler import OneCycleLR
 
@@ -34,7 +36,11 @@ def one_cycle(optimizer: torch.optim.Optimizer, cfg: Config, max_lr: float, step
 def advance(scheduler: OneCycleLR) -> None:
     """Step the schedule to the next batch's LR, unless the batch just done was its last."""
     if scheduler.last_epoch + 1 < scheduler.total_steps:
-        scheduler.step()
+        with warnings.catch_warnings():
+            # fp16: GradScaler skips the first steps while it calibrates its scale, and torch then warns
+            # that the scheduler stepped before the optimizer; that is expected here
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            scheduler.step()
 
 
 def planned_lrs(cfg: Config, max_lr: float, steps_per_epoch: int) -> list[float]:

@@ -246,3 +246,28 @@ def test_a_valley_flat_from_the_start_is_refused():
     loss[x > -0.5] += 3 * (x[x > -0.5] + 0.5) ** 2
     with pytest.raises(LRFinderError, match="--max-lr"):
         choose_lr_max(lrs.tolist(), loss.tolist())
+
+
+def test_the_range_test_shows_only_the_projects_progress_not_the_librarys_bar_or_lines(capfd):
+    """torch-lr-finder draws a tqdm bar and prints two status lines of its own; neither reaches the
+    terminal or the log, and its module's names are its own again afterwards."""
+    from torch_lr_finder import lr_finder as library
+
+    tqdm_before = library.tqdm
+    cfg = Config(batch_size=32, lr_find_iters=20, device="cpu", precision="fp32")
+    log: list[str] = []
+    Learner(cfg, synthetic_cifar10(n_train=100, n_test=20, seed=3), log=log.append).lr_find()
+    out, err = capfd.readouterr()
+    assert "Learning rate search finished" not in out + err and "it/s" not in err, (out, err)
+    assert log[-1].startswith("LRMAX ")
+    assert library.tqdm is tqdm_before and "print" not in vars(library)
+
+
+def test_a_torch_lr_finder_that_draws_its_bar_another_way_fails_loudly(monkeypatch):
+    """Not a second bar or silence: one error that says to install the tested version."""
+    from torch_lr_finder import lr_finder as library
+
+    monkeypatch.delattr(library, "tqdm")
+    cfg = Config(batch_size=32, lr_find_iters=20, device="cpu", precision="fp32")
+    with pytest.raises(RuntimeError, match=r"pip install -r requirements.txt"):
+        Learner(cfg, synthetic_cifar10(n_train=100, n_test=20, seed=3)).lr_find()

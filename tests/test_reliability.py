@@ -34,16 +34,10 @@ from helpers import (
     start_cli,
     wait_for_epoch,
 )
+from writers import write_checkpoint
 
 from modular import learner as learner_module
-from modular.checkpoint import (
-    CHECKPOINT_FORMAT,
-    RESUME_REQUIRED,
-    CheckpointError,
-    load_checkpoint,
-    load_model_state,
-    save_checkpoint,
-)
+from modular.checkpoint import CHECKPOINT_FORMAT, RESUME_REQUIRED, CheckpointError, load_checkpoint
 from modular.config import Config
 from modular.data import synthetic_cifar10
 from modular.learner import DivergenceError, Learner
@@ -147,7 +141,7 @@ def test_a_stop_signal_says_how_to_resume_and_keeps_the_checkpoint(tree, tmp_pat
     assert 1 <= state["epoch"] < 3
     assert [row["epoch"] for row in state["history"]] == list(range(1, state["epoch"] + 1))
     from custom_resnet import CustomResNet
-    load_model_state(CustomResNet(), state, out / "checkpoint.pt")
+    CustomResNet().load_state_dict(state["model"])
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
     # the command it prints finishes the run
@@ -185,7 +179,7 @@ def test_sigterm_to_the_whole_process_group_of_a_run_with_workers(tree, tmp_path
     state = load_checkpoint(out / "checkpoint.pt", RESUME_REQUIRED)
     assert 1 <= state["epoch"] < 3
     from custom_resnet import CustomResNet
-    load_model_state(CustomResNet(), state, out / "checkpoint.pt")
+    CustomResNet().load_state_dict(state["model"])
 
 
 def test_the_resume_hint_comes_from_mains_own_arguments(tree, tmp_path, monkeypatch, capsys):
@@ -301,7 +295,7 @@ def other_model_checkpoint(kind: str, finished, path: Path) -> Path:
         model["fc.weight"], model["fc.bias"] = torch.zeros(5, 512), torch.zeros(5)
     else:
         model = {k: v for k, v in model.items() if not k.startswith("layer3")}
-    return save_checkpoint({**state, "model": model}, path)
+    return write_checkpoint({**state, "model": model}, path)
 
 
 def broken_tree(kind: str, good: Path, base: Path) -> tuple[Path, str]:
@@ -415,8 +409,9 @@ def test_cli_resume_from_a_truncated_checkpoint(subprocess_cases):
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "foreign"])
 def test_resume_from_an_unreadable_checkpoint(kind, finished, tmp_path, capsys):
     path = broken_checkpoint(kind, finished, tmp_path / "out")
-    needle = "not a checkpoint of this project" if kind == "foreign" else "cannot read checkpoint"
-    assert_one_line_error(*cli_main(resume_args(finished, path.parent), capsys), 1, str(path), needle)
+    code, out, err = cli_main(resume_args(finished, path.parent), capsys)
+    assert_one_line_error(code, out, err, 1, str(path), "delete it to start over", "--output-dir")  # the file, the fix
+    assert "PytorchStreamReader" not in err and "zip" not in err  # torch's words about its archive say nothing here
 
 
 def test_cli_resume_with_another_configuration(subprocess_cases):
@@ -469,7 +464,7 @@ def test_evaluate_rejects_unusable_checkpoints(kind, finished, tmp_path, capsys)
 
 def test_evaluate_a_checkpoint_without_run_facts(finished, tmp_path, capsys):
     state = {k: v for k, v in load_checkpoint(finished.checkpoint).items() if k not in ("format", "mean", "std")}
-    path = save_checkpoint(state, tmp_path / "no-facts.pt")
+    path = write_checkpoint(state, tmp_path / "no-facts.pt")
     code, out, err = cli_main(["evaluate", "--checkpoint", path], capsys)
     assert code == 0 and "test accuracy" in out, err
 
@@ -483,7 +478,7 @@ def minimal_state(epoch: int) -> dict:
                          ids=["disk-full", "ctrl-c"])
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, crash):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(minimal_state(1), path)
+    write_checkpoint(minimal_state(1), path)
     before = path.read_bytes()
     real_save = torch.save
 
@@ -496,13 +491,13 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
 
     monkeypatch.setattr(torch, "save", save_half_then_crash)
     with pytest.raises(type(crash)):
-        save_checkpoint(minimal_state(2), path)
+        write_checkpoint(minimal_state(2), path)
     monkeypatch.undo()
 
     assert path.read_bytes() == before
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"], "a temporary file was left behind"
-    save_checkpoint(minimal_state(2), path)  # and the next save works
+    write_checkpoint(minimal_state(2), path)  # and the next save works
     assert load_checkpoint(path)["epoch"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
@@ -510,7 +505,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
 def test_saving_removes_a_dead_writers_leftover_but_not_a_live_writers_file(tmp_path):
     """Temporary files are named by host and pid: on a folder shared by machines (Google Drive reused
     from another Colab VM) another machine's pid means nothing here."""
-    from modular.checkpoint import FOREIGN_TMP_STALE_SECONDS, host_tag
+    from modular.robust import FOREIGN_TMP_STALE_SECONDS, host_tag
 
     path = tmp_path / "checkpoint.pt"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -527,7 +522,7 @@ def test_saving_removes_a_dead_writers_leftover_but_not_a_live_writers_file(tmp_
         (tmp_path / name).write_bytes(b"half")
     long_ago = time.time() - FOREIGN_TMP_STALE_SECONDS - 60
     os.utime(tmp_path / files["dead VM"], (long_ago, long_ago))
-    save_checkpoint(minimal_state(1), path)
+    write_checkpoint(minimal_state(1), path)
     left = {what for what, name in files.items() if (tmp_path / name).exists()}
     assert left == {"writing", "writing elsewhere", "old name"}
     assert sorted(p.name for p in tmp_path.glob(".checkpoint.pt.*.tmp")) == sorted(files[w] for w in left)  # ours renamed
@@ -544,7 +539,7 @@ def test_a_resumed_runs_record_keeps_every_parts_hardware_and_precision(first_pa
     state = {k: v for k, v in load_checkpoint(finished.checkpoint).items() if k not in ("format", "ran_on")}
     assert "ran_on" in load_checkpoint(finished.checkpoint)
     out = tmp_path / "out"
-    save_checkpoint({**state, **({"ran_on": [first_part]} if first_part else {})}, out / "checkpoint.pt")
+    write_checkpoint({**state, **({"ran_on": [first_part]} if first_part else {})}, out / "checkpoint.pt")
     code, _, err = cli_main(resume_args(finished, out), capsys)
     assert code == 0, err
     record = json.loads((out / "run.json").read_text())
@@ -569,14 +564,14 @@ def test_resuming_a_checkpoint_without_what_resume_reads_is_a_one_line_error(key
              "std": [0.25] * 3}
     assert set(RESUME_REQUIRED) - {"format"} <= set(state)
     del state[key]
-    path = save_checkpoint(state, tmp_path / "checkpoint.pt")
+    path = write_checkpoint(state, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match=f"lacks {key} .*delete it to start over"):
         load_checkpoint(path, RESUME_REQUIRED)
     assert load_checkpoint(path)["epoch"] == 1  # evaluate needs less, and still reads it
 
 
 def test_saved_checkpoint_is_tagged_and_readable_by_others(tmp_path):
-    path = save_checkpoint(minimal_state(1), tmp_path / "sub" / "checkpoint.pt")
+    path = write_checkpoint(minimal_state(1), tmp_path / "sub" / "checkpoint.pt")
     assert (path.stat().st_mode & 0o777) == 0o644
     assert torch.load(path, weights_only=True)["format"] == CHECKPOINT_FORMAT
 

@@ -9,8 +9,9 @@ import shutil
 
 import pytest
 from helpers import cli_main, shared_run
+from writers import write_checkpoint
 
-from modular.checkpoint import load_checkpoint, save_checkpoint
+from modular.checkpoint import load_checkpoint
 from modular.tools.cli_args import ShowDefaults, build_parser
 
 
@@ -93,7 +94,7 @@ def another_runs_checkpoint(kind: str, own_run) -> tuple:
     else:  # the same configuration and seed, run again: its history differs
         state["history"] = [{**row, "test_acc": row["test_acc"] + 1} for row in state["history"]]
         needle = "another run of the same configuration"
-    return save_checkpoint(state, own_run.parent / "other" / "checkpoint.pt"), needle
+    return write_checkpoint(state, own_run.parent / "other" / "checkpoint.pt"), needle
 
 
 @pytest.mark.parametrize("kind", ["another seed", "another configuration", "not the final epoch", "another run"])

@@ -16,10 +16,11 @@ from helpers import cli_main, shared_run
 from writers import write_tar_gz, write_torchvision_batches
 
 from custom_resnet import CustomResNet
-from modular.checkpoint import save_atomic
+from modular.checkpoint import Weights
 from modular.config import Config
 from modular.data import load_cifar10, synthetic_cifar10, write_image_tree
-from modular.learner import Learner
+from modular.learner import Learner, new_model
+from modular.robust import save_atomic
 from modular.tools.inference import gradcam_figure
 from modular.tools.testset import TestSetError, TestSetIdentity, check_test_set
 from modular.tools.weights import WEIGHTS_FORMAT, sha256
@@ -128,7 +129,7 @@ def drawn(figure) -> list[tuple[np.ndarray, str]]:
 
 def test_the_matching_order_draws_the_images_whose_labels_the_figure_prints(sources, record):
     cfg = Config(data_dir=str(sources["sorted"]), device="cpu", precision="fp32", batch_size=16)
-    learner = Learner(cfg, state={"mean": (0.5,) * 3, "std": (0.25,) * 3})
+    learner = Learner(cfg, start=Weights(new_model(cfg).state_dict(), [0.5] * 3, [0.25] * 3, "random weights"))
     check_test_set(record, "run.json", learner.data)
     shown = drawn(gradcam_figure(learner, record["misclassified"]))
     assert len(shown) == len(WRONG)

@@ -13,8 +13,9 @@ from helpers import SHARED_N_TEST, cli_main, shared_run
 from PIL import Image
 
 from custom_resnet import CustomResNet
-from modular.checkpoint import load_checkpoint, save_atomic
+from modular.checkpoint import load_checkpoint
 from modular.config import CIFAR10_CLASSES
+from modular.robust import save_atomic
 from modular.tools.predict import predict_files
 from modular.tools.weights import WEIGHTS_FORMAT, WeightsError, export_weights, load_weights, sha256
 from modular.transforms import test_transforms as make_test_transforms

@@ -37,3 +37,12 @@ def write_tar_gz(tree_root: str | os.PathLike, archive: str | os.PathLike, top: 
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(str(tree_root), arcname=top)
     return Path(archive)
+
+
+def write_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """A checkpoint file holding exactly ``state`` (tagged with the format), however incomplete: what
+    the reading side must cope with (old, stripped or foreign checkpoints)."""
+    from modular.checkpoint import CHECKPOINT_FORMAT
+    from modular.robust import save_atomic
+
+    return save_atomic({"format": CHECKPOINT_FORMAT, **state}, path)

@@ -64,12 +64,12 @@ def cmd_train(args, cfg: Config, argv: list[str]) -> int:
 
 def cmd_lr_find(args, cfg: Config) -> int:
     from modular.learner import Learner
-    from modular.tools.train_command import prepare_output_dir, range_test
+    from modular.tools.train_command import lr_find_and_save, prepare_output_dir
 
     prepare_output_dir(cfg.output_dir)
     learner = Learner(cfg)
     print(f"data: {learner.data.source}; device: {learner.runtime.describe()}", flush=True)
-    result = range_test(learner)
+    result = lr_find_and_save(learner)
     steepest = "none" if result.steepest_lr is None else f"{result.steepest_lr:.3g}"
     diverged = "never diverged" if result.diverged_lr is None else f"diverged at LR {result.diverged_lr:.3g}"
     print(f"{diverged}; torch-lr-finder's steepest-descent suggestion {steepest}\nrule: {result.rule}")

@@ -10,13 +10,14 @@ import torch
 from matplotlib.figure import Figure
 
 from modular import galleries
-from modular.checkpoint import load_checkpoint
+from modular.checkpoint import Weights
 from modular.config import Config
+from modular.data import channel_stats, load_data
 from modular.device import fp32_cpu_copy
 from modular.evaluate import gallery_sample, misclassified, predict
 from modular.learner import Learner
 from modular.tools.gradcam import gradcam_pair
-from modular.tools.weights import load_weights
+from modular.tools.weights import load_weights, read_run_checkpoint
 
 
 @dataclass
@@ -31,16 +32,20 @@ def load_for_evaluation(checkpoint: str | None, weights: str | None, data_dir: s
     with the test set: the checkpoint's own data unless ``data_dir`` is given; for weights, ``data_dir``
     or torchvision's. Weights are evaluated in fp32."""
     if weights is not None:
-        trained = load_weights(weights)
+        trained, data = load_weights(weights), None
         cfg = Config(data_dir=data_dir, device=device, precision="fp32", logit_scale=trained.model.logit_scale)
-        state = {"model": trained.model.state_dict(), "mean": trained.mean, "std": trained.std, "source": weights}
+        start = Weights(trained.model.state_dict(), list(trained.mean), list(trained.std), weights)
         description = f"weights {weights} (fp16 on disk, evaluated in fp32)"
     else:
-        state = {**load_checkpoint(checkpoint), "source": checkpoint}  # without mean and std: computed from the data
+        state = read_run_checkpoint(checkpoint)
         cfg = Config.from_dict(state["config"]).replace(device=device)
         cfg = cfg.replace(data_dir=data_dir) if data_dir else cfg
+        data = load_data(cfg)
+        # an old checkpoint without its run's statistics: those of the training images, as its run computed them
+        mean, std = (state["mean"], state["std"]) if "mean" in state else channel_stats(data.train_images)
+        start = Weights(state["model"], list(mean), list(std), checkpoint)
         description = f"checkpoint {checkpoint}: epoch {state['epoch']} of {cfg.epochs}"
-    learner = Learner(cfg, state=state)
+    learner = Learner(cfg, data, start=start)
     learner.model.eval()
     return Loaded(learner, description)
 

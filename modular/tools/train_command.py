@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from modular.checkpoint import CheckpointError, checkpoint_path, find_checkpoint
+from modular.checkpoint import Checkpoint, CheckpointError, checkpoint_path, find_checkpoint
 from modular.config import Config
 from modular.data import CifarData
 from modular.figures import save_run_figures
@@ -46,7 +46,7 @@ def describe_range_test(cfg: Config) -> str:
             f"images; --max-lr skips it) from {cfg.lr_find_start:g} to {cfg.lr_find_end:g}")
 
 
-def range_test(learner: Learner) -> LRFindResult:
+def lr_find_and_save(learner: Learner) -> LRFindResult:
     """``learner.lr_find()``, its record (lr_find.json) and plot (lr_range_test.png) written at once: a run
     of hours shows its pick (and ``lr-seeds`` can gather it) long before its run.json exists."""
     learner.log(describe_range_test(learner.cfg))
@@ -58,9 +58,9 @@ def range_test(learner: Learner) -> LRFindResult:
     return found
 
 
-def start(cfg: Config, state: dict | None, data: CifarData | None, log: Callable[[str], None]) -> Learner:
+def start(cfg: Config, checkpoint: Checkpoint | None, data: CifarData | None, log: Callable[[str], None]) -> Learner:
     """The Learner of a run begun or continued here, with this checkout's commit noted for this part."""
-    learner = Learner(cfg, data, state, log=log)
+    learner = Learner(cfg, data, checkpoint, log=log)
     learner.facts.commit = [*learner.facts.commit, code_version(from_epoch=learner.epochs_done)]
     return learner
 
@@ -69,14 +69,18 @@ def train(cfg: Config, resume: bool = False, data: CifarData | None = None, log:
     """The whole run: range test (unless cfg.max_lr, or continuing), OneCycle fit, evaluation, run.json and
     the plots; returns the run record. A NaN loss writes the record of the last finished epoch, then raises."""
     out = prepare_output_dir(cfg.output_dir)
-    state = find_checkpoint(cfg, resume)
-    if resume and state is None:
+    checkpoint = find_checkpoint(cfg, resume)
+    if resume and checkpoint is None:
         log(f"--resume: no checkpoint in {out}, so this starts a new run")
-    learner = start(cfg, state, data, log)
+    learner = start(cfg, checkpoint, data, log)
     log(f"data: {learner.data.source}: {len(learner.data.train_labels):,} train / {len(learner.data.test_labels):,} "
         f"test images; device: {learner.runtime.describe()}")
-    if state is None and cfg.max_lr is None:
-        range_test(learner)
+    if checkpoint is not None:
+        done, source = checkpoint.epochs_done, checkpoint.weights.source
+        log(f"{source} holds a finished run ({done} of {cfg.epochs} epochs): nothing left to train; its epochs:"
+            if done >= cfg.epochs else f"resuming {source} after epoch {done} of {cfg.epochs}")
+    if checkpoint is None and cfg.max_lr is None:
+        lr_find_and_save(learner)
     else:
         log(f"LRMAX {learner.facts.lr_max:.4g}, LRMIN {learner.facts.lr_min:.4g} (OneCycle peak at epoch "
             f"{cfg.resolved_peak_epoch} of {cfg.epochs})")
@@ -93,14 +97,14 @@ def record_so_far(cfg: Config, data: CifarData | None = None, log: Callable[[str
     evaluated, and "stopped" saying so. The checkpoint stays; ``--resume`` goes on, and the run's
     end writes its full record over this one (a Colab session that ran out at epoch 18 still gets
     its record and plots)."""
-    state = find_checkpoint(cfg, resume=True)
-    if state is None:
+    checkpoint = find_checkpoint(cfg, resume=True)
+    if checkpoint is None:
         raise CheckpointError(f"{checkpoint_path(cfg)} does not exist: no finished epoch to record (check --output-dir)")
-    epoch = int(state["epoch"])
+    epoch = checkpoint.epochs_done
     if epoch >= cfg.epochs:
         raise CheckpointError(f"{checkpoint_path(cfg)} holds a finished run: --resume (without --record-so-far) "
                               "writes its full record")
-    learner = start(cfg, state, data, log)
+    learner = start(cfg, checkpoint, data, log)
     return finish(learner, learner.result(), stopped=f"recorded with --record-so-far after epoch {epoch} of "
                                                      f"{cfg.epochs}; --resume continues the run")
 

@@ -12,12 +12,16 @@ from pathlib import Path
 import torch
 
 from custom_resnet import CustomResNet
-from modular.checkpoint import WEIGHTS_FORMAT, CheckpointError, load_checkpoint, load_model_state, save_atomic
+from modular.checkpoint import CheckpointError, RunFacts, RunSoFar, Weights, load_checkpoint, load_model_state
 from modular.config import CIFAR10_CLASSES, SHIPPED_WEIGHTS, Config
+from modular.robust import save_atomic
 from modular.tools import REPO, RESULTS
 from modular.tools.jsonio import write_record
 
 SHIPPED = REPO / SHIPPED_WEIGHTS
+WEIGHTS_FORMAT = "era-s10-weights/1"
+# what a training checkpoint that evaluate, predict or gradcam cannot read needs
+GIVE_A_RUN_CHECKPOINT = "give --checkpoint the checkpoint.pt of a run that train wrote, or --weights a weights file"
 HEADLINE = RESULTS / "headline.json"  # the record of the run the shipped weights come from
 
 
@@ -66,7 +70,7 @@ def export_weights(checkpoint: str | os.PathLike, destination: str | os.PathLike
     returns what a run record keeps about the file (name, sha256, epoch, source checkpoint).
     ``record_path``: the run record the file will be noted in; checked (``check_own_run``) before
     anything is written."""
-    state = load_checkpoint(checkpoint)
+    state = read_run_checkpoint(checkpoint)
     if "mean" not in state or "std" not in state:
         raise CheckpointError(f"{checkpoint} lacks the run's mean and std; export the checkpoint of a full run")
     if record_path is not None:
@@ -102,33 +106,53 @@ def load_weights(path: str | os.PathLike = SHIPPED) -> TrainedModel:
         raise WeightsError(f"{path} is not a weights file of this project (for a training checkpoint use --checkpoint)")
     model = CustomResNet(num_classes=len(stored["classes"]), logit_scale=stored["logit_scale"])
     try:
-        load_model_state(model, {"model": stored["state_dict"]}, path)
+        load_model_state(model, Weights(stored["state_dict"], stored["mean"], stored["std"], str(path)))
     except CheckpointError as error:
         raise WeightsError(str(error)) from None
     return TrainedModel(model.float().eval(), tuple(stored["mean"]), tuple(stored["std"]), tuple(stored["classes"]),
                         str(path))
 
 
-def shipped_run(record_path: str | os.PathLike = HEADLINE, weights_path: str | os.PathLike = SHIPPED) -> dict:
-    """The shipped weights as the finished run they come from, in a checkpoint's shape (what a Learner
-    starts from): the weights (fp32), mean and std, and from the run's record its epochs, the LR of every
-    step and its LR decision. Such a Learner has nothing left to train: ``fit_one_cycle`` shows the
-    recorded epochs, ``lr_find`` the recorded range test; ``evaluate`` evaluates the weights here."""
+def shipped_run(record_path: str | os.PathLike = HEADLINE, weights_path: str | os.PathLike = SHIPPED) -> RunSoFar:
+    """The shipped weights as the finished run they come from (what a Learner starts from): the weights
+    (fp32), mean and std, and from the run's record its epochs, the LR of every step and its LR decision.
+    Such a Learner has nothing left to train: ``fit_one_cycle`` shows the recorded epochs, ``lr_find``
+    the recorded range test; ``evaluate`` evaluates the weights here."""
     trained = load_weights(weights_path)
     record = json.loads(Path(record_path).read_text())
-    return {**{k: record[k] for k in ("history", "lr_per_step", "lr_max", "lr_min", "lr_find", "lr_find_seconds",
-                                      "commit", "ran_on") if k in record},
-            "model": trained.model.state_dict(), "mean": list(trained.mean), "std": list(trained.std),
-            "epoch": len(record["history"]), "source": f"{Path(weights_path).name} (with {Path(record_path).name})"}
+    source = f"{Path(weights_path).name} (with {Path(record_path).name})"
+    weights = Weights(trained.model.state_dict(), list(trained.mean), list(trained.std), source)
+    return RunSoFar(weights, RunFacts.from_dict({**record, "mean": weights.mean, "std": weights.std}),
+                    record["history"], record["lr_per_step"])
+
+
+def read_run_checkpoint(path: str | os.PathLike) -> dict:
+    """A training checkpoint's dict, for the tools that read one given with --checkpoint; a weights file
+    given there instead is named as one."""
+    try:
+        return load_checkpoint(path, fix=GIVE_A_RUN_CHECKPOINT)
+    except CheckpointError:
+        if is_weights_file(path):
+            raise CheckpointError(f"{path} is a weights file, not a training checkpoint: evaluate, predict and "
+                                  "gradcam take it with --weights") from None
+        raise
+
+
+def is_weights_file(path: str | os.PathLike) -> bool:
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: not one
+        return False
+    return isinstance(stored, dict) and stored.get("format") == WEIGHTS_FORMAT
 
 
 def load_checkpoint_model(path: str | os.PathLike) -> TrainedModel:
     """The model of a training checkpoint (a run of one's own), as ``load_weights`` gives a weights file."""
-    state = load_checkpoint(path)
+    state = read_run_checkpoint(path)
     if "mean" not in state or "std" not in state:
         raise CheckpointError(f"{path} lacks the run's mean and std; export the checkpoint of a run that train wrote")
     model = CustomResNet(logit_scale=Config.from_dict(state["config"]).logit_scale)
-    load_model_state(model, state, path)
+    load_model_state(model, Weights(state["model"], state["mean"], state["std"], str(path)))
     return TrainedModel(model.float().eval(), tuple(state["mean"]), tuple(state["std"]), CIFAR10_CLASSES, str(path))
 
 
