@@ -3,7 +3,16 @@ the README tables written from them, the benchmark, several seeds' range tests, 
 identity, the shipped weights, predictions on pictures, Grad-CAM, and the Gradio app with its sample
 and its response time. They import the core (``modular``); the core imports none of them."""
 
+import os as _os
 from pathlib import Path
+
+# Nothing here talks to the internet on its own: no Gradio analytics or version check (Gradio and
+# gradio_client read GRADIO_ANALYTICS_ENABLED each time an app or a client is made), no Hugging Face
+# telemetry (huggingface_hub reads HF_HUB_DISABLE_TELEMETRY once, when it is first imported: by
+# albumentations, so this holds where a tool is imported before the core's transforms, as
+# ``python -m modular`` does; Gradio's own switch above is what keeps the app quiet either way).
+for _name, _value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
+    _os.environ.setdefault(_name, _value)
 
 REPO = Path(__file__).resolve().parents[2]  # the repository's root: results/, requirements-app.txt, git
 RESULTS = REPO / "results"
