@@ -1,7 +1,10 @@
 """The tools around the assignment's core: the command line (``python -m modular``), run records and
 the README tables written from them, the benchmark, several seeds' range tests, the test set's
 identity, the shipped weights, predictions on pictures, Grad-CAM, and the Gradio app with its sample
-and its response time. They import the core (``modular``); the core imports none of them."""
+and its response time. They import the core (``modular``); the core imports none of them.
+
+Here: the paths they share (the repository, its results/, the shipped weights), and the switches that
+keep Gradio and Hugging Face from reporting home, set before any tool imports them."""
 
 import os as _os
 from pathlib import Path
@@ -16,3 +19,7 @@ for _name, _value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_DISABLE_TE
 
 REPO = Path(__file__).resolve().parents[2]  # the repository's root: results/, requirements-app.txt, git
 RESULTS = REPO / "results"
+# The trained weights the repository ships (relative to its root): tracked, so written only when named.
+# modular/tools/weights.py reads and writes them; here, so that the command line's help names them without
+# importing torch.
+SHIPPED_WEIGHTS = "results/custom_resnet_cifar10.pt"

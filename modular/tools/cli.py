@@ -16,7 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from modular.config import SHIPPED_WEIGHTS, Config, ConfigError
+from modular.config import Config, ConfigError
+from modular.tools import SHIPPED_WEIGHTS
 from modular.tools.cli_args import GRADCAM_PNG, build_parser, config_from_args, default_output
 
 

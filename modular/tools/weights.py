@@ -13,8 +13,8 @@ import torch
 
 from custom_resnet import CustomResNet
 from modular.checkpoint import WEIGHTS_FORMAT, CheckpointError, load_checkpoint, load_model_state, save_atomic
-from modular.config import CIFAR10_CLASSES, SHIPPED_WEIGHTS, Config
-from modular.tools import REPO, RESULTS
+from modular.config import CIFAR10_CLASSES, Config
+from modular.tools import REPO, RESULTS, SHIPPED_WEIGHTS
 from modular.tools.jsonio import write_record
 
 SHIPPED = REPO / SHIPPED_WEIGHTS
