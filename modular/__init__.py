@@ -1,6 +1,7 @@
-"""Custom ResNet on CIFAR-10, the assignment's core: config, data, transforms, the LR range test, the
-OneCycle schedule, the Learner (training and evaluation), plots. ``modular.tools`` holds what is built
-around it (the command line, records, the app) and is never imported from here.
+"""Custom ResNet on CIFAR-10, the assignment's core, what the notebook walks through: config, data,
+transforms, the LR range test, the OneCycle schedule, the Learner (training and evaluation), figures.
+``modular.tools`` holds what is built around it (the command line, records, the weights, Grad-CAM, the
+app, the notebook's settings, synthetic data) and is never imported from here.
 
 Importing the core changes one environment variable only: modular/transforms.py sets
 NO_ALBUMENTATIONS_UPDATE=1 (when unset) for its own import of albumentations.

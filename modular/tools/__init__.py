@@ -1,7 +1,8 @@
 """The tools around the assignment's core: the command line (``python -m modular``), run records and
 the README tables written from them, the benchmark, several seeds' range tests, the test set's
-identity, the shipped weights, predictions on pictures, Grad-CAM, and the Gradio app with its sample
-and its response time. They import the core (``modular``); the core imports none of them.
+identity, the shipped weights, predictions on pictures, Grad-CAM, the Gradio app with its sample and
+its response time, the notebook's settings, and a synthetic CIFAR-10 (the notebook's quick mode, the
+tests, the benchmark). They import the core (``modular``); the core imports none of them.
 
 Here: the paths they share (the repository, its results/, the shipped weights), and the switches that
 keep Gradio and Hugging Face from reporting home, set before any tool imports them."""
