@@ -17,9 +17,6 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "dog", "frog", "horse", "ship", "truck",
 )
 
-# The trained weights the repository ships (relative to its root): tracked, so written only when named.
-SHIPPED_WEIGHTS = "results/custom_resnet_cifar10.pt"
-
 OPTIMIZERS = ("sgd", "adam")
 # How LRMAX is read off the range test: "minimum" is the project's divergence-aware rule
 # (lr_finder.RULE: the smoothed minimum, or the steepest descent below a wide flat valley); "steepest" is

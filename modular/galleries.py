@@ -1,4 +1,4 @@
-"""Image grids: sample images, misclassified images, Grad-CAM maps beside their images."""
+"""Image grids: sample images and misclassified images, each with its class names."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _displayable(images: Any, mean: Sequence[float] | None, std: Sequence[float]
     return array / 255.0 if array.max(initial=0.0) > 1.0 else np.clip(array, 0.0, 1.0)
 
 
-def _class_name(label: Any, classes: Sequence[str]) -> str:
+def class_name(label: Any, classes: Sequence[str]) -> str:
     """A class index (int, numpy or tensor scalar) or an already-named label -> its name."""
     if isinstance(label, str):
         return label
@@ -62,7 +62,7 @@ def plot_samples(images: Any, labels: Sequence[Any], classes: Sequence[str], tit
     """
     n = min(n, len(labels), len(images))
     shown = _displayable(images[:n], mean, std)
-    titles = [_class_name(label, classes) for label in list(labels)[:n]]
+    titles = [class_name(label, classes) for label in list(labels)[:n]]
     return _gallery(shown, titles, cols=8, cell=1.0, title=title)
 
 
@@ -81,40 +81,6 @@ def plot_misclassified(images: Any, predicted: Sequence[Any], actual: Sequence[A
     """Up to ``n`` misclassified images, titled "pred: <predicted>\\ntrue: <actual>", in rows of 5."""
     n = min(n, len(predicted), len(actual), len(images))
     shown = _displayable(images[:n], mean, std)
-    titles = [f"pred: {_class_name(p, classes)}\ntrue: {_class_name(a, classes)}"
+    titles = [f"pred: {class_name(p, classes)}\ntrue: {class_name(a, classes)}"
               for p, a in zip(list(predicted)[:n], list(actual)[:n])]
     return _gallery(shown, titles, cols=5, cell=1.6, title=f"Misclassified test images ({n} shown)")
-
-
-def plot_message(text: str) -> Figure:
-    """A small figure that only says ``text`` (where a gallery has nothing to show)."""
-    fig = new_figure(height=0.8)
-    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=10)
-    return fig
-
-
-def plot_gradcam(images: np.ndarray, maps_predicted: np.ndarray, maps_actual: np.ndarray, predicted: Sequence[Any],
-                 actual: Sequence[Any], classes: Sequence[str], per_row: int = 2) -> Figure:
-    """Each misclassified image (uint8 N x H x W x 3) beside its Grad-CAM maps (N x H x W in [0, 1])
-    for the predicted class and for the true class, ``per_row`` images to a row. The two maps of an
-    image are drawn on the same colour scale: normalise them together (``gradcam.gradcam_pair``)."""
-    n = len(images)
-    rows = max(1, math.ceil(n / per_row))
-    fig = new_figure(height=rows * 1.45 + 0.5, width=per_row * 3 * 1.35)
-    axes = fig.subplots(rows, per_row * 3, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for i in range(n):
-        row, col = divmod(i, per_row)
-        image_ax, pred_ax, true_ax = axes[row, 3 * col: 3 * col + 3]
-        image_ax.imshow(images[i], interpolation="nearest")
-        image_ax.set_title(f"image {i + 1}", fontsize=7)
-        for ax, heat, label in ((pred_ax, maps_predicted[i], f"pred: {_class_name(predicted[i], classes)}"),
-                                (true_ax, maps_actual[i], f"true: {_class_name(actual[i], classes)}")):
-            ax.imshow(images[i], interpolation="nearest")
-            # the map has the image's 32x32 cells and is drawn like it, cell by cell (which also keeps the PNG small)
-            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(label, fontsize=7)
-    fig.suptitle("Grad-CAM on Layer3's residual output (X + R2): evidence for the predicted and for the true class;\n"
-                 "the two maps of an image share one colour scale (1 = the stronger map's peak)", fontsize=9)
-    return fig

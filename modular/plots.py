@@ -150,63 +150,6 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], raw_losses: Se
     return fig
 
 
-def drawn_apart(row: Mapping[str, Any], key: str) -> bool:
-    """Whether a seed's ``key`` pick (rule_lr or minimum_lr) gets its own marker in plot_lr_seeds: it is
-    known and is not the LRMAX the run used."""
-    return row.get(key) not in (None, row["lr_max"])
-
-
-def plot_lr_seeds(seeds: Sequence[Mapping[str, Any]], spread: Mapping[str, Mapping[str, Any]] | None = None,
-                  rule: str = "") -> Figure:
-    """Several seeds' range tests on one log LR axis: each seed's smoothed loss, its LRMAX (dot), today's
-    rule's pick where it differs (star), the smoothed minimum where it differs (square), the LR where it
-    diverged (cross) and torch-lr-finder's steepest suggestion (triangle), the seed's precision in the legend.
-    ``seeds``: rows of an lr-find-seeds record (seed, precision, lrs, losses, lr_max, rule_lr, minimum_lr,
-    diverged_lr, steepest_lr); ``spread``: its spread, for the title; ``rule``: the caption."""
-    from matplotlib.lines import Line2D
-
-    fig = new_figure(height=4.8)
-    ax = fig.subplots()
-    colors = [f"C{i % 10}" for i in range(len(seeds))]
-    low, high = math.inf, -math.inf
-    for row, color in zip(seeds, colors):
-        lr, loss = np.asarray(row["lrs"], dtype=float), np.asarray(row["losses"], dtype=float)  # null -> NaN
-        ax.plot(lr, loss, color=color, lw=1.4,
-                label=f"seed {row['seed']} ({row['precision']}): LRMAX {row['lr_max']:.3g}")
-        for key, marker, size in (("lr_max", "o", 8), ("rule_lr", "*", 13), ("minimum_lr", "s", 7),
-                                  ("diverged_lr", "X", 9), ("steepest_lr", "^", 8)):
-            if (key in ("lr_max", "diverged_lr", "steepest_lr") and row.get(key) is not None) or drawn_apart(row, key):
-                at = int(np.argmin(np.abs(np.log(lr) - math.log(row[key]))))  # the curve's point at that LR
-                ax.plot(lr[at], loss[at], marker, color=color, ms=size, mec="black", mew=0.7, zorder=5)
-        finite = loss[np.isfinite(loss)]
-        if finite.size:  # keep the part before the blow-up in view, as plot_lr_finder does
-            low, high = min(low, finite.min()), max(high, min(finite.max(), 2.0 * finite[0] - finite.min()))
-    if high > low:
-        pad = 0.08 * (high - low)
-        ax.set_ylim(low - pad, high + pad)
-    ax.set_xscale("log")
-    title = f"LR range test, {len(seeds)} seeds"
-    if spread and spread.get("lr_max", {}).get("n"):
-        s = spread["lr_max"]
-        title += (f": LRMAX {s['min']:.3g} to {s['max']:.3g} ({s['ratio']:.2f}x), "
-                  f"geometric mean {s['geometric_mean']:.3g}")
-    ax.set(title=title, xlabel="learning rate (log scale)", ylabel="smoothed loss")
-    ax.grid(alpha=0.3, which="both")
-    seeds_legend = ax.legend(loc="lower left", fontsize=8, title="seed (precision)", title_fontsize=8)
-    ax.add_artist(seeds_legend)
-    differs = {key: any(drawn_apart(row, key) for row in seeds) for key in ("rule_lr", "minimum_lr")}
-    markers = [Line2D([], [], ls="", marker=m, color="grey", mec="black", mew=0.7, ms=8, label=label)
-               for m, label, shown in (("o", "LRMAX (the run's pick)", True),
-                                       ("*", "the rule's pick today (where not the run's)", differs["rule_lr"]),
-                                       ("s", "smoothed minimum (where not LRMAX)", differs["minimum_lr"]),
-                                       ("X", "diverged: the rule looks no further", True),
-                                       ("^", "steepest descent (torch-lr-finder)", True)) if shown]
-    ax.legend(handles=markers, loc="upper left", fontsize=8)
-    if rule:
-        fig.text(0.5, 0, textwrap.fill(rule, 110), ha="center", va="top", fontsize=8.5, style="italic")
-    return fig
-
-
 def plot_lr_schedule(lr_per_step: Sequence[float], steps_per_epoch: int, peak_epoch: int | None = None) -> Figure:
     """The LR of every step against epochs; the peak marked and annotated.
 

@@ -13,7 +13,10 @@ import os
 import random
 from collections.abc import Sequence
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI version check at import (offline)
+# albumentations asks PyPI for a newer version when it is imported, unless this is set: offline that import
+# waits for the network and warns. Its only switch is this variable, read at import, so the core sets it (and
+# no other): kept in the environment, DataLoader workers and child processes import it quietly too.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402

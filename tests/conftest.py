@@ -25,7 +25,8 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from modular.data import CifarData, channel_stats, synthetic_cifar10, write_image_tree  # noqa: E402
+from modular.data import CifarData, channel_stats  # noqa: E402
+from modular.tools.synthetic import synthetic_cifar10, write_image_tree  # noqa: E402
 
 # Normalization constants whose value * 255 is never an integer, so no uint8 pixel normalizes to 0.
 MEAN = (0.4914, 0.4822, 0.4465)

@@ -209,7 +209,7 @@ _CACHE: dict[str, object] = {}
 def shared_tree(tmp_path_factory) -> Path:
     """Synthetic CIFAR-10, 320 train / 100 test images, as an image tree (written once)."""
     if "tree" not in _CACHE:
-        from modular.data import synthetic_cifar10, write_image_tree
+        from modular.tools.synthetic import synthetic_cifar10, write_image_tree
 
         data = synthetic_cifar10(n_train=SHARED_N_TRAIN, n_test=SHARED_N_TEST, seed=0)
         _CACHE["tree"] = write_image_tree(data, tmp_path_factory.mktemp("shared") / "cifar10")
@@ -233,6 +233,6 @@ def shared_run(tmp_path_factory) -> SharedRun:
 
 
 def small_tree(root: Path, n_train: int = 128, n_test: int = 40, seed: int = 0) -> Path:
-    from modular.data import synthetic_cifar10, write_image_tree
+    from modular.tools.synthetic import synthetic_cifar10, write_image_tree
 
     return write_image_tree(synthetic_cifar10(n_train=n_train, n_test=n_test, seed=seed), root)

@@ -15,9 +15,10 @@ from PIL import Image
 from writers import write_tar_gz, write_torchvision_batches
 
 from modular.config import CIFAR10_CLASSES, Config, ConfigError
-from modular.data import CifarData, DataError, load_cifar10, load_data, synthetic_cifar10, write_image_tree
+from modular.data import CifarData, DataError, load_cifar10, load_data
 from modular.device import Runtime
 from modular.loaders import CifarDataset, make_loaders
+from modular.tools.synthetic import synthetic_cifar10, write_image_tree
 from modular.transforms import test_transforms as make_test_transforms
 from modular.transforms import train_transforms
 
@@ -406,7 +407,7 @@ WORKERS_AT_EXIT = """
 import os, signal
 import torch
 from modular.config import Config
-from modular.data import synthetic_cifar10
+from modular.tools.synthetic import synthetic_cifar10
 from modular.device import Runtime
 from modular.loaders import make_loaders
 from modular.transforms import test_transforms, train_transforms

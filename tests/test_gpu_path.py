@@ -18,11 +18,11 @@ import torch
 from modular import device as device_module
 from modular.checkpoint import load_optimizer_state
 from modular.config import Config
-from modular.data import synthetic_cifar10
 from modular.device import Runtime, select_runtime
 from modular.learner import READ_EVERY, DivergenceError, build_criterion, build_optimizer, train_one_epoch
 from modular.loaders import make_loaders
 from modular.schedule import one_cycle
+from modular.tools.synthetic import synthetic_cifar10
 from modular.transforms import test_transforms as make_test_transforms
 from modular.transforms import train_transforms
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from custom_resnet import CustomResNet
-from modular import galleries
 from modular.tools.gradcam import gradcam_maps, gradcam_pair, target_layer
+from modular.tools.inference import plot_gradcam
 
 QUADRANTS = [(slice(0, 16), slice(0, 16)), (slice(0, 16), slice(16, 32)),
              (slice(16, 32), slice(0, 16)), (slice(16, 32), slice(16, 32))]
@@ -123,7 +123,7 @@ def test_the_figure_shows_image_predicted_and_true_maps_each_in_its_column(quadr
     maps_predicted, maps_actual = gradcam_pair(model, images[:3], predicted, actual)
     assert not np.allclose(maps_predicted, maps_actual)
     raw = (np.clip(images[:3].permute(0, 2, 3, 1).numpy() * 0.25 + 0.5, 0, 1) * 255).astype(np.uint8)
-    fig = galleries.plot_gradcam(raw, maps_predicted, maps_actual, predicted, actual, ["a", "b", "c", "d"])
+    fig = plot_gradcam(raw, maps_predicted, maps_actual, predicted, actual, ["a", "b", "c", "d"])
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[:3] == ["image 1", "pred: b", "true: a"] and len(titles) == 9
     assert "share one colour scale" in fig._suptitle.get_text()

@@ -8,10 +8,9 @@ import pytest
 import torch
 from helpers import NO_NETWORK, cli_main, shared_run, small_tree
 
-from modular import notebook
 from modular.config import Config
 from modular.data import DataError, load_data
-from modular.tools import weights
+from modular.tools import notebook, weights
 from modular.tools.train_command import train
 
 

@@ -1,11 +1,16 @@
 """The two layers: the core (what the notebook walks through) imports none of the tools, and no module
-imports itself back through others, counting imports made inside functions too."""
+imports itself back through others, counting imports made inside functions too; importing the core
+leaves the environment alone but for albumentations' own switch, and the tools keep Gradio and Hugging
+Face from reporting home."""
 
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
 
-from helpers import ROOT
+from helpers import NO_NETWORK, PYTHON, ROOT
 
 PACKAGE = ROOT / "modular"
 
@@ -39,6 +44,51 @@ def test_the_core_imports_none_of_the_tools():
     assert "modular.learner" in core and "custom_resnet" in core
     offenders = {name: sorted(d for d in deps if d.startswith("modular.tools")) for name, deps in core.items()}
     assert not {name: deps for name, deps in offenders.items() if deps}
+
+
+# Set by the project (the core or the tools) when unset, and nowhere else
+SWITCHES = ("NO_ALBUMENTATIONS_UPDATE", "GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY")
+
+
+def fresh_python(code: str) -> object:
+    """What ``code`` prints as JSON, run by a new interpreter in the repository without the project's switches
+    in its environment (and with no network)."""
+    env = {k: v for k, v in os.environ.items() if k not in SWITCHES and k != "PYTHONPATH"}
+    env.update(NO_NETWORK, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    done = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_importing_the_core_changes_no_environment_variable_but_the_one_albumentations_reads():
+    """Every core module imported in a fresh interpreter: the environment afterwards differs in
+    NO_ALBUMENTATIONS_UPDATE=1 alone, which modular/transforms.py sets for its own import of
+    albumentations (no PyPI version check); no tool was imported on the way. OpenCV's own change
+    (it puts its bundled libraries on LD_LIBRARY_PATH when imported) is made before the snapshot."""
+    core = sorted(module_name(p) for p in PACKAGE.glob("*.py") if p.stem != "__main__") + ["custom_resnet"]
+    assert "modular" in core and "modular.learner" in core and "modular.transforms" in core
+    changed = fresh_python(
+        "import importlib, json, os, sys\n"
+        "import cv2\n"
+        "before = dict(os.environ)\n"
+        f"for name in {core!r}:\n"
+        "    importlib.import_module(name)\n"
+        "after = dict(os.environ)\n"
+        "tools = sorted(m for m in sys.modules if m.startswith('modular.tools'))\n"
+        "print(json.dumps([{k: after.get(k) for k in set(before) | set(after) if before.get(k) != after.get(k)}, tools]))")
+    assert changed == [{"NO_ALBUMENTATIONS_UPDATE": "1"}, []]
+
+
+def test_the_tools_turn_gradio_analytics_and_hugging_face_telemetry_off_before_albumentations_is_imported():
+    """As ``python -m modular`` starts (the command line first, then the core): Gradio and gradio_client
+    find their analytics off, and huggingface_hub, which albumentations imports and which reads its
+    switch once, has telemetry off."""
+    seen = fresh_python(
+        "import json, os\n"
+        "import modular.tools.cli, modular.learner\n"
+        "import huggingface_hub.constants as hub\n"
+        "print(json.dumps([os.environ.get('GRADIO_ANALYTICS_ENABLED'), hub.HF_HUB_DISABLE_TELEMETRY]))")
+    assert seen == ["False", True]
 
 
 def test_no_import_cycle():

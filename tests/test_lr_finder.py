@@ -12,9 +12,9 @@ import torch
 from helpers import ROOT
 
 from modular.config import Config
-from modular.data import synthetic_cifar10
 from modular.learner import Learner
 from modular.lr_finder import FLAT_WIDTH, MIN_POINTS, RULE, SMOOTH_F, LRFinderError, LRFindResult, choose_lr_max, smooth
+from modular.tools.synthetic import synthetic_cifar10
 
 ITERS = 30
 

@@ -12,9 +12,8 @@ from helpers import cli_main
 
 from modular.config import Config
 from modular.lr_finder import RULE, LRFindResult, choose_lr_max, smooth
-from modular.plots import plot_lr_seeds
 from modular.tools.jsonio import dumps
-from modular.tools.lr_seeds import LRSeedsError, caption, gather
+from modular.tools.lr_seeds import LRSeedsError, caption, gather, plot_lr_seeds
 
 STD = [0.2470, 0.2435, 0.2616]
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from custom_resnet import CustomResNet
-from modular.notebook import print_model_summary
+from modular.tools.notebook import print_model_summary
 
 N_PARAMS = 6_575_370
 SUMMARY_LAYERS = [

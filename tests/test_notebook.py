@@ -11,10 +11,11 @@ import pytest
 import torch
 from helpers import ROOT, shared_run
 
-from modular import figures, notebook
+from modular import figures
 from modular.config import CIFAR10_CLASSES
 from modular.learner import Learner
 from modular.progress import TABLE_HEADER, format_epoch
+from modular.tools import notebook
 from modular.tools.inference import gradcam_figure
 from modular.tools.weights import export_weights, load_weights, shipped_run
 

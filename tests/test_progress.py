@@ -11,9 +11,9 @@ from helpers import FAST, PYTHON, ROOT, cli_env, cli_main, shared_run, small_tre
 
 from modular import progress
 from modular.config import Config
-from modular.data import synthetic_cifar10
 from modular.learner import Learner
 from modular.progress import ProgressLines
+from modular.tools.synthetic import synthetic_cifar10
 from modular.tools.train_command import describe_range_test, train
 
 LINE = re.compile(r"^(?P<what>.+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+) \((?P<percent>\d+)%\), .+ so far, about .+ left")

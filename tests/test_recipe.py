@@ -17,9 +17,9 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from modular.config import Config
-from modular.data import synthetic_cifar10
 from modular.learner import Learner
 from modular.schedule import one_cycle, planned_lrs
+from modular.tools.synthetic import synthetic_cifar10
 
 DEFAULTS = Config()
 

@@ -39,9 +39,9 @@ from writers import write_checkpoint
 from modular import learner as learner_module
 from modular.checkpoint import CHECKPOINT_FORMAT, RESUME_REQUIRED, CheckpointError, load_checkpoint
 from modular.config import Config
-from modular.data import synthetic_cifar10
 from modular.learner import DivergenceError, Learner
 from modular.tools import train_command
+from modular.tools.synthetic import synthetic_cifar10
 
 # 128 images, batch 32: 4 steps an epoch, about a second or two each epoch on a CPU
 RUN3 = ["--epochs", "3", "--max-lr", "0.1", *FAST]

@@ -12,8 +12,9 @@ import pytest
 from helpers import cli_main, shared_run
 from PIL import Image
 
-from modular.data import load_cifar10, synthetic_cifar10
+from modular.data import load_cifar10
 from modular.tools.app_samples import FOLDER, MOST, SampleError, check_sample, choose, load_sample, write_sample
+from modular.tools.synthetic import synthetic_cifar10
 from modular.tools.testset import TestSetIdentity
 from modular.tools.weights import SHIPPED, sha256
 

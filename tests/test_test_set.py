@@ -18,10 +18,11 @@ from writers import write_tar_gz, write_torchvision_batches
 from custom_resnet import CustomResNet
 from modular.checkpoint import Weights
 from modular.config import Config
-from modular.data import load_cifar10, synthetic_cifar10, write_image_tree
+from modular.data import load_cifar10
 from modular.learner import Learner, new_model
 from modular.robust import save_atomic
 from modular.tools.inference import gradcam_figure
+from modular.tools.synthetic import synthetic_cifar10, write_image_tree
 from modular.tools.testset import TestSetError, TestSetIdentity, check_test_set
 from modular.tools.weights import WEIGHTS_FORMAT, sha256
 

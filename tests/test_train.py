@@ -11,11 +11,11 @@ from helpers import SHARED_N_TEST, shared_run
 
 from modular import device as device_module
 from modular.config import Config
-from modular.data import synthetic_cifar10
 from modular.device import select_runtime
 from modular.learner import Learner
 from modular.progress import TABLE_HEADER
 from modular.tools.provenance import code_version
+from modular.tools.synthetic import synthetic_cifar10
 from modular.tools.train_command import train
 
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_ce", "test_acc", "lr", "seconds"}

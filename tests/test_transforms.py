@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from modular.data import channel_stats, synthetic_cifar10
+from modular.data import channel_stats
+from modular.tools.synthetic import synthetic_cifar10
 
 # aliased: a module-level name test_* would be collected by pytest as a test
 from modular.transforms import denormalize, reseed, train_transforms

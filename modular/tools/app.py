@@ -4,7 +4,7 @@ Upload a picture (read by modular/tools/images.py) or pick one of ten test image
 Grad-CAM for a layer and a class with an opacity, browse misclassified test images (the committed
 sample, modular/tools/app_samples.py), and read what the network is from the committed run records. The
 handlers are plain functions in modular/tools/app_handlers.py; ``build_app`` binds them to Gradio. Offline:
-no analytics (modular/__init__.py), no share link, only the fonts Gradio bundles; 127.0.0.1 unless
+no analytics (modular/tools/__init__.py), no share link, only the fonts Gradio bundles; 127.0.0.1 unless
 told otherwise.
 """
 

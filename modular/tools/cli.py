@@ -16,7 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from modular.config import SHIPPED_WEIGHTS, Config, ConfigError
+from modular.config import Config, ConfigError
+from modular.tools import SHIPPED_WEIGHTS
 from modular.tools.cli_args import GRADCAM_PNG, build_parser, config_from_args, default_output
 
 
@@ -217,14 +218,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_lr_seeds(args) -> int:
-    from modular import plots
+    from modular.plots import save_figure
     from modular.tools.jsonio import write_record
-    from modular.tools.lr_seeds import caption, format_seeds, gather
+    from modular.tools.lr_seeds import caption, format_seeds, gather, plot_lr_seeds
 
     gathered = gather(args.records)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_record(args.output, gathered)
-    figure = plots.save_figure(plots.plot_lr_seeds(gathered["seeds"], gathered["spread"], caption(gathered)), args.figure)
+    figure = save_figure(plot_lr_seeds(gathered["seeds"], gathered["spread"], caption(gathered)), args.figure)
     print(f"{format_seeds(gathered)}\nrecord: {args.output}; figure: {figure}")
     return 0
 

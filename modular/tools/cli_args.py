@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modular.config import DEFAULT_WORKERS, DEVICES, LR_RULES, OPTIMIZERS, PRECISIONS, SHIPPED_WEIGHTS, Config
+from modular.config import DEFAULT_WORKERS, DEVICES, LR_RULES, OPTIMIZERS, PRECISIONS, Config
+from modular.tools import SHIPPED_WEIGHTS
 
 
 def _positive_int(text: str) -> int:

@@ -13,9 +13,9 @@ import torch
 
 from custom_resnet import CustomResNet
 from modular.checkpoint import CheckpointError, RunFacts, RunSoFar, Weights, load_checkpoint, load_model_state
-from modular.config import CIFAR10_CLASSES, SHIPPED_WEIGHTS, Config
+from modular.config import CIFAR10_CLASSES, Config
 from modular.robust import save_atomic
-from modular.tools import REPO, RESULTS
+from modular.tools import REPO, RESULTS, SHIPPED_WEIGHTS
 from modular.tools.jsonio import write_record
 
 SHIPPED = REPO / SHIPPED_WEIGHTS

@@ -1,4 +1,5 @@
-"""What only the notebook needs: its configuration from the environment, and the model summary table."""
+"""What only the notebook needs: its configuration from the environment (quick mode's synthetic data
+included), and the model summary table."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import torch
 
 from modular.config import Config
-from modular.data import synthetic_cifar10, write_image_tree
 from modular.device import fp32_cpu_copy
+from modular.tools.synthetic import synthetic_cifar10, write_image_tree
 
 DATA_SETTING = "CIFAR10_DIR"  # what names the data in the notebook (the command line's --data-dir)
 
