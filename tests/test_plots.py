@@ -1,12 +1,8 @@
 """Every figure builds from small fake data and saves to a non-empty PNG (headless, Agg)."""
 
-import sys
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for ``modular``
 
 import numpy as np
 import pytest
