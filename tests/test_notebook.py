@@ -13,6 +13,7 @@ from helpers import ROOT, shared_run
 
 from modular import figures, notebook
 from modular.config import CIFAR10_CLASSES
+from modular.evaluate import gallery_sample
 from modular.learner import Learner
 from modular.tools.inference import gradcam_figure
 from modular.tools.weights import export_weights, load_weights, shipped_run
@@ -89,7 +90,9 @@ def test_the_shipped_weights_are_a_finished_run_shown_as_recorded_and_evaluated_
     assert found.to_dict() == json.loads(record_path.read_text())["lr_find"]
     result = learner.fit_one_cycle(cfg.epochs)
     out = capsys.readouterr().out
-    assert "custom_resnet_cifar10.pt (with headline.json) holds a finished run (2 of 2 epochs): nothing left to train" in out
+    # the files it read and the epochs they hold, on one line
+    assert [line for line in out.splitlines() if "custom_resnet_cifar10.pt" in line and "headline.json" in line
+            and "2 of 2 epochs" in line]
     assert out.count("\n") >= len(run.record["history"]) + 2
     assert result.history == run.record["history"] and result.lr_per_step == run.record["lr_per_step"]
     assert result.facts.lr_max == run.record["lr_max"] and not (tmp_path / "out").exists()  # nothing written
@@ -98,8 +101,12 @@ def test_the_shipped_weights_are_a_finished_run_shown_as_recorded_and_evaluated_
         assert torch.allclose(result.model.eval()(images), load_weights(weights).model(images), atol=1e-5)
     evaluation = learner.evaluate()
     assert abs(evaluation.test_acc - run.record["test_acc"]) <= 1.0
-    assert str(evaluation).startswith(f"test accuracy {evaluation.test_acc:.2f}%, flip TTA ")
-    assert gradcam_figure(learner, evaluation.misclassified).axes
+    assert f"{evaluation.test_acc:.2f}%" in str(evaluation) and f"{evaluation.tta_test_acc:.2f}%" in str(evaluation)
+    shown = gallery_sample(evaluation.misclassified)  # Grad-CAM explains the misclassified gallery's images
+    assert shown
+    titles = [ax.get_title() for ax in gradcam_figure(learner, evaluation.misclassified).axes]
+    assert [t for t in titles if t.startswith("pred: ")] == [f"pred: {CIFAR10_CLASSES[w['predicted']]}" for w in shown]
+    assert [t for t in titles if t.startswith("true: ")] == [f"true: {CIFAR10_CLASSES[w['actual']]}" for w in shown]
 
 
 def test_a_finished_run_started_with_max_lr_has_no_range_test_to_show(shipped, tmp_path):
@@ -108,8 +115,9 @@ def test_a_finished_run_started_with_max_lr_has_no_range_test_to_show(shipped, t
     run, _, weights = shipped
     record = shutil.copy(run.output_dir / "run.json", tmp_path / "run.json")  # --max-lr 0.2: no range test
     learner = Learner(run.cfg.replace(output_dir=str(tmp_path), device="cpu"), state=shipped_run(record, weights))
-    with pytest.raises(LRFinderError, match=r"started with LRMAX 0.2 given \(--max-lr\): it has no range test"):
+    with pytest.raises(LRFinderError) as caught:  # the LRMAX it was given, and the flag that gave it
         learner.lr_find()
+    assert "0.2" in str(caught.value) and "--max-lr" in str(caught.value)
 
 
 def test_the_test_image_gallery_shows_every_class(shipped, tmp_path):
@@ -141,7 +149,6 @@ def test_the_cells_call_the_learner_and_the_weights_path_is_one_if_in_one_cell()
         assert sum(call in cell for cell in cells) == 1, call
     uses = [cell for cell in cells if "USE_WEIGHTS" in cell and "os.environ" not in cell]
     assert len(uses) == 1 and uses[0].count("if USE_WEIGHTS") == 1, uses
-    assert not re.search(r"notebook\.(decide_lr|train_or_load|finish)\b", "\n".join(cells))
 
 
 def test_the_saved_notebook_is_small_and_keeps_no_progress_lines():
