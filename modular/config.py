@@ -1,8 +1,20 @@
-"""Every hyperparameter of the project in one place (the airbench ``hyp`` idea).
+"""The settings a run may change, in one dataclass (the airbench ``hyp`` idea): ``Config`` holds the
+training recipe's hyperparameters, the range test's span and rule, and where and how a run happens. The
+command line and the notebook build one, each run's record and checkpoint store it whole, and a resume
+refuses one that differs outside RUNTIME_FIELDS.
 
 The defaults are David Page's ResNet-9 recipe for this exact layout (94% in 24 epochs on the
-official CIFAR-10 files): SGD Nesterov, batch 512, weight decay 5e-4, OneCycle peaking at
-epoch 5, cutout 8x8 on every image, logits scaled by 0.125, label smoothing 0.2.
+official CIFAR-10 files in his report): SGD Nesterov, batch 512, weight decay 5e-4, OneCycle peaking
+at epoch 5, cutout 8x8 on every image, logits scaled by 0.125, label smoothing 0.2.
+
+The fixed values that no run changes live beside the code that uses them, not in Config:
+
+* the LR rule's own constants, in ``modular/lr_finder.py``: SMOOTH_F, GIVE_BACK, MIN_RISE, MIN_POINTS,
+  SKIP_START/SKIP_END, FLAT_DEPTH and FLAT_WIDTH, from which its RULE states the rule in words (and the
+  library's own divergence stop, ``diverge_th=5``, written in ``find_lr``'s call of the library);
+* the prescription's augmentation, in ``modular/transforms.py``: pad to 40 (reflect), random crop 32,
+  horizontal flip with p 0.5 (cutout's size and probability are settings here);
+* how often the training loop reads the loss back to the host, READ_EVERY in ``modular/learner.py``.
 """
 
 from __future__ import annotations

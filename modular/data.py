@@ -28,7 +28,8 @@ ACCEPTED_LAYOUTS = (
 )
 IMAGE_SIZE = (32, 32)
 # The official training set's channel statistics to 4 places: what tells its pixels (torchvision's
-# download, or a lossless copy) from a lossy copy (the JPEG one's std is 0.2452, 0.2428, 0.2606).
+# download, or a lossless copy) from a lossy copy, whose statistics differ by the third or fourth place
+# (the JPEG copy's: docs/experiments.md).
 OFFICIAL_MEAN = (0.4914, 0.4822, 0.4465)
 OFFICIAL_STD = (0.2470, 0.2435, 0.2616)
 OFFICIAL_SIZES = (50_000, 10_000)  # train, test

@@ -102,8 +102,8 @@ def select_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if device == "mps":
         return Runtime(torch.device("mps"), None, channels_last=False)
     dtype = torch.bfloat16 if fast and cpu_supports_bf16() else None
-    # channels_last in both precisions: oneDNN's bf16 kernels want it, and `bench` measured fp32 in it at
-    # 1.34x fp32 NCHW on the dev machine's AMD EPYC (results/bench-cpu.json, "fp32_channels_last_speedup")
+    # channels_last in both precisions: oneDNN's bf16 kernels want it, and fp32 ran faster in it than in NCHW
+    # where `bench` compared the two (its "fp32_channels_last_speedup"; the figure is in docs/running.md)
     return Runtime(torch.device("cpu"), dtype, channels_last=True)
 
 

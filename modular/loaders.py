@@ -68,7 +68,7 @@ class EpochSampler(Sampler[int]):
 
 
 def default_workers(device: torch.device) -> int:
-    """0 on the CPU (the pipeline runs ~30x faster than a CPU training step, and a worker
+    """0 on the CPU (the pipeline takes a small share of a CPU training step's time, and a worker
     process would take a core from it); on accelerators one per CPU core, at most MAX_WORKERS."""
     if device.type == "cpu":
         return 0

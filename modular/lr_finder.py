@@ -1,12 +1,14 @@
 """The LR range test (torch-lr-finder) and the rule that turns its curve into LRMAX and LRMIN.
 
-torch-lr-finder runs with smoothing off, so the raw loss of every step is kept; the project
-smooths it as the library would (an exponential moving average, factor 0.05) and applies the
-rule in RULE to the smoothed curve. With label smoothing and scaled logits the loss is bounded:
-it never passes the library's 5x-the-best stop, and after blowing up it can fall again. The rule
-therefore cuts the curve at the point of divergence and looks only before it. It takes the
-minimum there, except in a wide flat valley (Adam's curve), where it takes the steepest descent before the
-valley: the one thing such a curve measures well.
+RULE below states the rule in words, built from the constants it names; the README and docs/experiments.md
+quote it word for word (tests/test_docs.py holds them to it), and every run records the RULE it ran with.
+
+torch-lr-finder runs with its smoothing off, so the raw loss of every step is kept; the project smooths it as
+the library would and reads RULE off the smoothed curve. Why a divergence cut: with label smoothing and scaled
+logits the loss is bounded, so it never reaches the library's own stop (``diverge_th`` in ``find_lr``), and
+after blowing up it can fall again, so only the curve before the divergence is read. Why the flat-valley clause:
+a short range test cannot tell which LR of a wide, nearly flat valley stays stable over a whole
+run, while the steepest descent before the valley is the one thing such a curve measures well.
 """
 
 from __future__ import annotations
@@ -29,22 +31,30 @@ with warnings.catch_warnings():  # tqdm.autonotebook warns on import where ipywi
     from torch_lr_finder import lr_finder as lr_finder_module
     from tqdm.autonotebook import tqdm as tqdm_autonotebook
 
-SMOOTH_F = 0.05        # torch-lr-finder's default smoothing, applied here to the raw curve
-GIVE_BACK = 0.5        # diverged once the loss gives back half of what it gained...
-MIN_RISE = 0.02        # ...or, while it has gained little, once it climbs 2% of its start above its best
+SMOOTH_F = 0.05        # torch-lr-finder's default smoothing factor, applied here to the raw curve
+GIVE_BACK = 0.5        # diverged once the smoothed loss gives back this share of its drop (start to lowest so far)...
+MIN_RISE = 0.02        # ...or, if more, this share of the starting loss: a floor, so noise on a small drop is none
 MIN_POINTS = 10        # a minimum within the first points means the test diverged almost at once
 SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's window for its own steepest-descent suggestion
-# A flat valley: the points next to the minimum whose smoothed loss is within FLAT_DEPTH of the drop (start to
-# minimum) of it. On the SGD curves it spans 2.3-3.6x in LR and the minimum is the pick; on Adam's, 7.2-23x. 100
-# batches cannot tell which LR of so wide a span stays stable for 24 epochs (Adam at its right end did not train,
-# at its left end reached 90.28%, at the steepest descent below it 93.49%), so the rule goes below the valley.
+# A flat valley: the points next to the minimum whose smoothed loss lies within FLAT_DEPTH of the drop (start to
+# minimum) above it. Where it spans more than FLAT_WIDTH in LR, the rule reads LRMAX below it (the module's
+# docstring says why). Both were set on the committed SGD and Adam curves, FLAT_WIDTH between the SGD valleys and
+# Adam's: docs/experiments.md gives the curves' widths and the Adam runs at either end of the valley.
 FLAT_DEPTH = 0.20
-FLAT_WIDTH = 5.0       # wider than this (an LR ratio) and the valley counts as flat: 1.4x from SGD's and Adam's
-RULE = ("LRMAX is the LR at the minimum of the smoothed loss before divergence (the first point where the smoothed "
-        "loss climbs above its lowest value so far by half the drop from the start to that value, or by 2% of the "
-        "starting loss if that is more), unless the loss stays within 20% of its drop of that minimum over more than "
-        "a factor of 5 in LR below it: then the LR of the steepest descent before that flat valley; "
-        "LRMIN = LRMAX / div_factor")
+FLAT_WIDTH = 5.0       # an LR ratio: the valley's right end over its left
+
+
+def _percent(share: float) -> str:
+    return f"{round(share * 100, 6):g}%"
+
+
+# The rule in words, from the constants above: the one statement of it (see the module's docstring).
+RULE = (f"LRMAX is the LR at the minimum of the smoothed loss (an exponential moving average of the loss of each "
+        f"batch, factor {SMOOTH_F:g}) before divergence (the first point where the smoothed loss climbs above its "
+        f"lowest value so far by {_percent(GIVE_BACK)} of the drop from the start to that value, or by "
+        f"{_percent(MIN_RISE)} of the starting loss if that is more), unless the loss stays within "
+        f"{_percent(FLAT_DEPTH)} of its drop of that minimum over more than a factor of {FLAT_WIDTH:g} in LR below "
+        f"it: then the LR of the steepest descent before that flat valley; LRMIN = LRMAX / div_factor")
 STEEPEST_RULE = ("LRMAX is torch-lr-finder's suggestion, the LR of the steepest descent of the smoothed loss between its "
                  f"first {SKIP_START} and last {SKIP_END} points (the original's rule); LRMIN = LRMAX / div_factor")
 RULES = {"minimum": RULE, "steepest": STEEPEST_RULE}

@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 # Before any import of albumentations (no PyPI version check) or matplotlib (no display).
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 os.environ["MPLBACKEND"] = "Agg"
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # custom_resnet.py and modular/ live in the project root
-    sys.path.insert(0, str(ROOT))
-
+import helpers  # noqa: E402,F401  (puts the project root, helpers.ROOT, on sys.path: custom_resnet.py and modular/)
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")

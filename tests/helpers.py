@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the project root: the tests' one definition of it
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

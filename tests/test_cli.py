@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import FAST, SHARED_N_TEST, SHARED_N_TRAIN, cli_main, describe, run_cli_many, shared_run, shared_tree
+from helpers import FAST, ROOT, SHARED_N_TEST, SHARED_N_TRAIN, cli_main, describe, run_cli_many, shared_run, shared_tree
 
 from modular.config import CIFAR10_CLASSES
 
@@ -166,13 +166,11 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
     """`python -m modular lr-seeds ... | head -1`: the pipe closes while the table is printed."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    records = [str(root / "results" / name) for name in ("adam-valley-left-seed0.json", "lr-find-adam-seed1.json")]
+    records = [str(ROOT / "results" / name) for name in ("adam-valley-left-seed0.json", "lr-find-adam-seed1.json")]
     command = [sys.executable, "-m", "modular", "lr-seeds", *records, "--output", str(tmp_path / "o.json"),
                "--figure", str(tmp_path / "f.png")]
-    reader = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader.stdout.close()  # the reader leaves before the first line
     stderr = reader.stderr.read().decode()
     assert reader.wait(timeout=120) == 1 and stderr == "", stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
+from modular.lr_finder import RULE
 from modular.tools.cli_args import build_parser
 from modular.tools.report import render_sections
 
@@ -90,7 +91,57 @@ def test_the_titles_state_the_measured_accuracy():
     readme_title = README.read_text().splitlines()[0]
     notebook_title = "".join(json.loads(NOTEBOOK.read_text())["cells"][0]["source"]).splitlines()[0]
     for title in (readme_title, notebook_title):
-        assert title.startswith("# ") and measured in title and "90%+" not in title, title
+        assert title.startswith("# ") and measured in title, title
+
+
+RULE_SOURCE = "`RULE` in `modular/lr_finder.py`"
+
+
+def quoted_rule(text: str) -> str | None:
+    """The blockquote after the first mention of RULE_SOURCE in ``text``, its lines joined as Markdown joins
+    them; None if there is none."""
+    if RULE_SOURCE not in text:
+        return None
+    after = text.split(RULE_SOURCE, 1)[1].split("\n")
+    start = next((i for i, line in enumerate(after) if line.startswith("> ")), None)
+    if start is None:
+        return None
+    quote = []
+    for line in after[start:]:
+        if not line.startswith("> "):
+            break
+        quote.append(line[2:].strip())
+    return " ".join(quote)
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/experiments.md"])
+def test_the_documents_quote_the_lr_rule_word_for_word(document):
+    """The rule's words live in lr_finder.RULE, built from its thresholds; where a document states the rule, it
+    quotes RULE, so a changed threshold fails here until the quote is updated."""
+    assert quoted_rule((ROOT / document).read_text()) == RULE
+
+
+def test_the_notebooks_range_test_cell_points_to_the_rule_and_restates_no_threshold():
+    (cell,) = [text for where, text in documents().items()
+               if where.endswith("source") and text.startswith("## ") and "LR range test" in text.splitlines()[0]]
+    assert RULE_SOURCE in cell and "README" in cell
+    assert not re.search(r"\d\s*%|factor of \d|factor 0", cell), "the cell restates a threshold of the rule"
+
+
+def test_the_rule_in_words_names_the_thresholds_the_code_uses():
+    """RULE is built from the constants choose_lr_max reads, so the words cannot keep an old threshold."""
+    from modular import lr_finder
+
+    for words in (f"factor {lr_finder.SMOOTH_F:g})", f"by {lr_finder.GIVE_BACK * 100:g}% of the drop",
+                  f"by {lr_finder.MIN_RISE * 100:g}% of the starting loss", f"within {lr_finder.FLAT_DEPTH * 100:g}% of",
+                  f"a factor of {lr_finder.FLAT_WIDTH:g} in LR"):
+        assert words in RULE, words
+
+
+def test_the_rule_quote_is_read_as_markdown_joins_it():
+    text = f"... as {RULE_SOURCE} states it:\n\n> the first line\n> and the second\n\nAfter.\n> elsewhere\n"
+    assert quoted_rule(text) == "the first line and the second"
+    assert quoted_rule("no quote of it") is None
 
 
 def generated_sections(text: str) -> dict[str, tuple[list[str], str, str]]:

@@ -1,8 +1,12 @@
-"""predict(): plain cross-entropy beside the training criterion, and flip TTA in two forward passes."""
+"""predict(): plain cross-entropy beside the training criterion, and flip TTA in two forward passes;
+full_evaluation(): the figures a run records, on a model whose predictions are known."""
 
 from __future__ import annotations
 
+import math
+
 import helpers  # noqa: F401  (environment and sys.path)
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,6 +60,42 @@ def test_flip_tta_takes_two_forward_passes_per_batch(batches):
 
 def test_full_evaluation_runs_the_test_set_once_with_its_mirror(batches):
     model, runtime = CountingModel(), select_runtime("cpu", "fp32")
-    result = full_evaluation(model, batches, runtime, [str(i) for i in range(10)])
+    full_evaluation(model, batches, runtime, [str(i) for i in range(10)], log=None)
     assert model.calls == 2 * len(batches)
-    assert {"test_acc", "test_loss", "test_ce", "tta_test_acc"} <= set(result.to_dict())
+
+
+class LookupModel(torch.nn.Module):
+    """Predicts the class written in every pixel of an image (logit 5 for it, 0 for the others), so its
+    predictions, and their mirrors', are known beforehand."""
+
+    def forward(self, x):
+        return F.one_hot(x[:, 0, 0, 0].long(), 10).float() * 5.0
+
+
+# 12 test images over 3 batches: the true class, and the class the model predicts
+LABELS = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 9, 9]
+PREDICTED = [0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 9, 0]
+
+
+def test_full_evaluation_gives_the_figures_counted_by_hand():
+    images = torch.tensor(PREDICTED, dtype=torch.float32)[:, None, None, None].expand(-1, 3, 8, 8)
+    labels = torch.tensor(LABELS)
+    batches = [(images[i:i + 5], labels[i:i + 5]) for i in range(0, 12, 5)]
+    classes = [f"c{i}" for i in range(10)]
+    result = full_evaluation(LookupModel(), batches, select_runtime("cpu", "fp32"), classes, log=None)
+    assert result.images == 12
+    assert result.test_acc == pytest.approx(100 * 8 / 12)            # 8 of the 12 right
+    assert result.tta_test_acc == pytest.approx(result.test_acc)     # a mirrored image predicts the same class
+    ce = math.log(math.exp(5) + 9) - 5 * 8 / 12                     # -log softmax: 8 right at logit 5, 4 wrong at 0
+    assert result.test_ce == pytest.approx(ce, rel=1e-5)
+    assert result.test_loss == pytest.approx(ce, rel=1e-5)           # no criterion given: plain cross-entropy
+    matrix = np.zeros((10, 10), int)
+    for actual, predicted in zip(LABELS, PREDICTED):
+        matrix[actual, predicted] += 1
+    assert result.confusion_matrix == matrix.tolist()                # rows true, columns predicted
+    assert sum(map(sum, result.confusion_matrix)) == 12
+    assert result.per_class_acc == pytest.approx({**{name: 0.0 for name in classes}, "c0": 100 * 2 / 3, "c1": 50.0,
+                                                  "c2": 75.0, "c3": 100.0, "c9": 50.0})
+    assert result.misclassified == [{"index": 2, "predicted": 1, "actual": 0}, {"index": 4, "predicted": 2, "actual": 1},
+                                    {"index": 8, "predicted": 3, "actual": 2}, {"index": 11, "predicted": 0, "actual": 9}]
+    assert result.to_dict()["test_acc"] == result.test_acc and "images" not in result.to_dict()

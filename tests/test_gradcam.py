@@ -126,7 +126,7 @@ def test_the_figure_shows_image_predicted_and_true_maps_each_in_its_column(quadr
     fig = plot_gradcam(raw, maps_predicted, maps_actual, predicted, actual, ["a", "b", "c", "d"])
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[:3] == ["image 1", "pred: b", "true: a"] and len(titles) == 9
-    assert "share one colour scale" in fig._suptitle.get_text()
+    assert "share one colour scale" in fig.get_suptitle()
     for i in range(3):
         row, col = divmod(i, 2)
         image_ax, pred_ax, true_ax = fig.axes[row * 6 + 3 * col: row * 6 + 3 * col + 3]

@@ -147,7 +147,10 @@ def test_logit_scale_multiplies_logits_and_adds_no_parameters(images):
 
 
 def test_logit_scale_summary_is_the_same(capsys):
-    assert summary_text(CustomResNet(logit_scale=0.125), capsys).count("Total params: 6,575,370") == 1
+    """The scale is parameter-free: the summary table of a scaled model is the unscaled one's."""
+    scaled = summary_text(CustomResNet(logit_scale=0.125), capsys)
+    assert scaled == summary_text(CustomResNet(logit_scale=1.0), capsys)
+    assert scaled.count("Total params: 6,575,370") == 1
 
 
 def test_forward_returns_logits_not_log_probabilities(images):

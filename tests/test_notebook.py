@@ -13,6 +13,7 @@ from helpers import ROOT, shared_run
 
 from modular import figures
 from modular.config import CIFAR10_CLASSES
+from modular.evaluate import gallery_sample
 from modular.learner import Learner
 from modular.progress import TABLE_HEADER, format_epoch
 from modular.tools import notebook
@@ -99,8 +100,12 @@ def test_the_shipped_weights_are_a_finished_run_shown_as_recorded_and_evaluated_
         assert torch.allclose(result.model.eval()(images), load_weights(weights).model(images), atol=1e-5)
     evaluation = learner.evaluate()
     assert abs(evaluation.test_acc - run.record["test_acc"]) <= 1.0
-    assert str(evaluation).startswith(f"test accuracy {evaluation.test_acc:.2f}%, flip TTA ")
-    assert gradcam_figure(learner, evaluation.misclassified).axes
+    assert f"{evaluation.test_acc:.2f}%" in str(evaluation) and f"{evaluation.tta_test_acc:.2f}%" in str(evaluation)
+    shown = gallery_sample(evaluation.misclassified)  # Grad-CAM explains the misclassified gallery's images
+    assert shown
+    titles = [ax.get_title() for ax in gradcam_figure(learner, evaluation.misclassified).axes]
+    assert [t for t in titles if t.startswith("pred: ")] == [f"pred: {CIFAR10_CLASSES[w['predicted']]}" for w in shown]
+    assert [t for t in titles if t.startswith("true: ")] == [f"true: {CIFAR10_CLASSES[w['actual']]}" for w in shown]
 
 
 def test_a_finished_run_started_with_max_lr_has_no_range_test_to_show(shipped, tmp_path):
@@ -109,8 +114,9 @@ def test_a_finished_run_started_with_max_lr_has_no_range_test_to_show(shipped, t
     run, _, weights = shipped
     record = shutil.copy(run.output_dir / "run.json", tmp_path / "run.json")  # --max-lr 0.2: no range test
     learner = Learner(run.cfg.replace(output_dir=str(tmp_path), device="cpu"), start=shipped_run(record, weights))
-    with pytest.raises(LRFinderError, match=r"started with LRMAX 0.2 given \(--max-lr\): it has no range test"):
+    with pytest.raises(LRFinderError) as caught:  # the LRMAX it was given, and the flag that gave it
         learner.lr_find()
+    assert "0.2" in str(caught.value) and "--max-lr" in str(caught.value)
 
 
 def test_the_test_image_gallery_shows_every_class(shipped, tmp_path):
@@ -142,7 +148,6 @@ def test_the_cells_call_the_learner_and_the_weights_path_is_one_if_in_one_cell()
         assert sum(call in cell for cell in cells) == 1, call
     uses = [cell for cell in cells if "USE_WEIGHTS" in cell and "os.environ" not in cell]
     assert len(uses) == 1 and uses[0].count("if USE_WEIGHTS") == 1, uses
-    assert not re.search(r"notebook\.(decide_lr|train_or_load|finish)\b", "\n".join(cells))
 
 
 def test_the_saved_notebook_is_small_and_keeps_no_progress_lines():

@@ -1,12 +1,8 @@
 """Every figure builds from small fake data and saves to a non-empty PNG (headless, Agg)."""
 
-import sys
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for ``modular``
 
 import numpy as np
 import pytest
@@ -117,7 +113,7 @@ def test_misclassified(rng, tmp_path):
     actual = (predicted + 1) % 10
     fig = galleries.plot_misclassified(images, predicted, actual, CLASSES, mean=MEAN, std=STD)
     shown = [ax for ax in fig.axes if ax.has_data()]
-    assert len(shown) == 12 and "(12 shown)" in fig._suptitle.get_text()
+    assert len(shown) == 12 and "(12 shown)" in fig.get_suptitle()
     assert [ax.get_title() for ax in shown] == [f"pred: {CLASSES[p]}\ntrue: {CLASSES[a]}" for p, a in zip(predicted, actual)]
     # each cell shows its own image, de-normalized back to [0, 1]
     restored = images.permute(0, 2, 3, 1).numpy() * np.asarray(STD) + np.asarray(MEAN)

@@ -88,7 +88,8 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tree, tmp_path):
 
     resumed = run_cli(train_args(tree, killed_dir, "--resume"))
     assert resumed.returncode == 0, describe(resumed)
-    assert f"resuming {killed_dir / 'checkpoint.pt'} after epoch {at_kill} of 3" in resumed.stdout, describe(resumed)
+    assert [line for line in resumed.stdout.splitlines()                      # the checkpoint, and where it goes on
+            if str(killed_dir / "checkpoint.pt") in line and f"epoch {at_kill} of 3" in line], describe(resumed)
     uninterrupted = finish(reference)
     assert uninterrupted.returncode == 0, describe(uninterrupted)
 
@@ -133,7 +134,7 @@ def test_a_stop_signal_says_how_to_resume_and_keeps_the_checkpoint(tree, tmp_pat
             proc.kill()
     assert result.returncode == code, describe(result)
     assert "Traceback" not in result.stderr, describe(result)
-    assert f"\n{word}: the last finished epoch is saved in" in result.stderr, describe(result)
+    assert f"\n{word}:" in result.stderr, describe(result)
     assert "--resume" in result.stderr, describe(result)
     assert str(out / "checkpoint.pt") in result.stderr, describe(result)
 
@@ -174,8 +175,8 @@ def test_sigterm_to_the_whole_process_group_of_a_run_with_workers(tree, tmp_path
             os.killpg(proc.pid, signal.SIGKILL)
     assert result.returncode == 143, describe(result)
     assert "Traceback" not in result.stderr and "Error" not in result.stderr, describe(result)
-    assert f"\nterminated: the last finished epoch is saved in {out / 'checkpoint.pt'}; resume with: " in result.stderr, \
-        describe(result)
+    stopped = [line for line in result.stderr.splitlines() if line.startswith("terminated:")]
+    assert len(stopped) == 1 and str(out / "checkpoint.pt") in stopped[0] and "--resume" in stopped[0], describe(result)
     state = load_checkpoint(out / "checkpoint.pt", RESUME_REQUIRED)
     assert 1 <= state["epoch"] < 3
     from custom_resnet import CustomResNet
@@ -218,7 +219,7 @@ def test_record_so_far_records_the_finished_epochs_and_resume_goes_on(tree, tmp_
     assert code == 0 and "train loss" not in stdout, err
     record = json.loads((out / "run.json").read_text())
     assert len(record["history"]) == 1 and record["stopped"]["after_epoch"] == 1, record.get("stopped")
-    assert "--record-so-far after epoch 1 of 3" in record["stopped"]["reason"]
+    assert "--record-so-far" in record["stopped"]["reason"] and "epoch 1 of 3" in record["stopped"]["reason"]
     assert record["test_acc"] == pytest.approx(record["history"][0]["test_acc"])  # epoch 1's model, evaluated
     assert (out / "loss_accuracy.png").stat().st_size > 1000
     assert (out / "checkpoint.pt").read_bytes() == checkpoint  # nothing trained
@@ -227,9 +228,10 @@ def test_record_so_far_records_the_finished_epochs_and_resume_goes_on(tree, tmp_
     final = json.loads((out / "run.json").read_text())
     assert len(final["history"]) == 3 and "stopped" not in final
     assert without_seconds(final["history"][:1]) == without_seconds(record["history"])
-    assert_one_line_error(*cli_main(train_args(tree, out, "--record-so-far"), capsys), 1, "holds a finished run")
+    assert_one_line_error(*cli_main(train_args(tree, out, "--record-so-far"), capsys), 1,
+                          str(out / "checkpoint.pt"), "--resume")
     assert_one_line_error(*cli_main(train_args(tree, tmp_path / "none", "--record-so-far"), capsys), 1,
-                          "does not exist", "no finished epoch")
+                          str(tmp_path / "none" / "checkpoint.pt"), "--output-dir")
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,25 +330,26 @@ def broken_tree(kind: str, good: Path, base: Path) -> tuple[Path, str]:
 TREE_KINDS = ["missing class", "empty class", "16x16 image", "text file x.png", "folder without CIFAR-10",
               "missing folder"]
 
+# flags -> what the message must name: the setting (or its flag), what it allows, and the value given
 BAD_CONFIGS = {
-    "epochs 0": (["--epochs", "0"], "epochs must be at least 1"),
-    "peak epoch 0": (["--epochs", "3", "--peak-epoch", "0"], "peak epoch must lie in 1..3"),
-    "peak epoch > epochs": (["--epochs", "3", "--peak-epoch", "4"], "peak epoch must lie in 1..3"),
-    "batch size 0": (["--batch-size", "0"], "--batch-size"),
-    "max lr 0": (["--max-lr", "0"], "max LR must be a number > 0"),
-    "max lr -1": (["--max-lr", "-1"], "max LR must be a number > 0"),
-    "max lr inf": (["--max-lr", "inf"], "max LR must be a number > 0"),
-    "device tpu": (["--device", "tpu"], "--device"),
-    "optimizer foo": (["--optimizer", "foo"], "--optimizer"),
-    "subset larger than the data": (["--subset", "1000"], "--subset 1000"),  # names the flag to change
-    "lr-find-iters 5": (["--lr-find-iters", "5"], "at least 20 iterations"),
-    "label smoothing 1": (["--label-smoothing", "1"], "label smoothing must lie in [0, 1)"),
-    "label smoothing -0.1": (["--label-smoothing", "-0.1"], "label smoothing must lie in [0, 1)"),
-    "label smoothing nan": (["--label-smoothing", "nan"], "label smoothing must lie in [0, 1)"),
-    "logit scale 0": (["--logit-scale", "0"], "logit scale must be a number > 0"),
-    "logit scale inf": (["--logit-scale", "inf"], "logit scale must be a number > 0"),
-    "lr rule foo": (["--lr-rule", "foo"], "--lr-rule"),
-    "seed -1": (["--seed", "-1"], "seed must lie in 0..4294967295 (got -1)"),
+    "epochs 0": (["--epochs", "0"], ("epochs", "at least 1", "got 0")),
+    "peak epoch 0": (["--epochs", "3", "--peak-epoch", "0"], ("peak epoch", "1..3", "got 0")),
+    "peak epoch > epochs": (["--epochs", "3", "--peak-epoch", "4"], ("peak epoch", "1..3", "got 4")),
+    "batch size 0": (["--batch-size", "0"], ("--batch-size",)),
+    "max lr 0": (["--max-lr", "0"], ("max LR", "> 0", "got 0")),
+    "max lr -1": (["--max-lr", "-1"], ("max LR", "> 0", "got -1")),
+    "max lr inf": (["--max-lr", "inf"], ("max LR", "> 0", "got inf")),
+    "device tpu": (["--device", "tpu"], ("--device",)),
+    "optimizer foo": (["--optimizer", "foo"], ("--optimizer",)),
+    "subset larger than the data": (["--subset", "1000"], ("--subset 1000",)),  # names the flag to change
+    "lr-find-iters 5": (["--lr-find-iters", "5"], ("range test", "at least 20", "got 5")),
+    "label smoothing 1": (["--label-smoothing", "1"], ("label smoothing", "[0, 1)", "got 1")),
+    "label smoothing -0.1": (["--label-smoothing", "-0.1"], ("label smoothing", "[0, 1)", "got -0.1")),
+    "label smoothing nan": (["--label-smoothing", "nan"], ("label smoothing", "[0, 1)", "got nan")),
+    "logit scale 0": (["--logit-scale", "0"], ("logit scale", "> 0", "got 0")),
+    "logit scale inf": (["--logit-scale", "inf"], ("logit scale", "> 0", "got inf")),
+    "lr rule foo": (["--lr-rule", "foo"], ("--lr-rule",)),
+    "seed -1": (["--seed", "-1"], ("seed", "0..4294967295", "got -1")),
 }
 
 
@@ -565,8 +568,10 @@ def test_resuming_a_checkpoint_without_what_resume_reads_is_a_one_line_error(key
     assert set(RESUME_REQUIRED) - {"format"} <= set(state)
     del state[key]
     path = write_checkpoint(state, tmp_path / "checkpoint.pt")
-    with pytest.raises(CheckpointError, match=f"lacks {key} .*delete it to start over"):
+    with pytest.raises(CheckpointError) as caught:  # the file, what it lacks, and the flag to start elsewhere
         load_checkpoint(path, RESUME_REQUIRED)
+    message = str(caught.value)
+    assert str(path) in message and key in message.replace(str(path), "") and "--output-dir" in message
     assert load_checkpoint(path)["epoch"] == 1  # evaluate needs less, and still reads it
 
 
@@ -577,8 +582,9 @@ def test_saved_checkpoint_is_tagged_and_readable_by_others(tmp_path):
 
 
 def test_load_checkpoint_errors_name_the_file(tmp_path):
-    with pytest.raises(CheckpointError, match="no checkpoint at"):
+    with pytest.raises(CheckpointError) as missing:
         load_checkpoint(tmp_path / "missing.pt")
+    assert str(tmp_path / "missing.pt") in str(missing.value)
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
     with pytest.raises(CheckpointError) as caught:
@@ -617,17 +623,25 @@ def test_malformed_tree_fails_naming_the_path(kind, command, good_tree, tmp_path
 # e. bad configuration: exit 2 with a message
 # --------------------------------------------------------------------------------------------
 
+def assert_error_line_names(err: str, named) -> None:
+    """argparse's one "error:" line (below its usage, which names every flag) holds everything in ``named``."""
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and all(part in errors[0] for part in named), err
+
+
 @pytest.mark.parametrize("name", ["epochs 0", "device tpu"])
 def test_cli_bad_configuration_exits_2(name, subprocess_cases):
-    assert_clean_failure(subprocess_cases[name], 2, BAD_CONFIGS[name][1], "error:", "usage:")
+    stderr = assert_clean_failure(subprocess_cases[name], 2, "error:", "usage:")
+    assert_error_line_names(stderr, BAD_CONFIGS[name][1])
 
 
 @pytest.mark.parametrize("name", list(BAD_CONFIGS))
 def test_bad_configuration_exits_2_with_a_message(name, tree, tmp_path, capsys):
-    flags, message = BAD_CONFIGS[name]
+    flags, named = BAD_CONFIGS[name]
     out_dir = tmp_path / "out"
     code, out, err = cli_main(["train", "--data-dir", tree, "--output-dir", out_dir, *flags], capsys)
-    assert_one_line_error(code, out, err, 2, message, "error:")
+    assert_one_line_error(code, out, err, 2, "error:")
+    assert_error_line_names(err, named)
     assert not (out_dir / "checkpoint.pt").exists()
 
 
@@ -635,8 +649,9 @@ def test_a_seed_outside_numpys_range_is_a_configuration_error():
     from modular.config import ConfigError
 
     for seed in (-1, 2**32):
-        with pytest.raises(ConfigError, match=r"^seed must lie in 0\.\.4294967295 \(got "):
+        with pytest.raises(ConfigError) as caught:
             Config(seed=seed).validate()
+        assert all(part in str(caught.value) for part in ("seed", "0..4294967295", f"got {seed}")), caught.value
     Config(seed=2**32 - 1).validate()
 
 
@@ -647,11 +662,11 @@ def test_a_seed_outside_numpys_range_is_a_configuration_error():
 def test_cli_divergence_stops_the_run_with_a_clear_message(tree, tmp_path):
     out = tmp_path / "out"
     result = run_cli(["train", "--data-dir", tree, "--output-dir", out, "--max-lr", "1e4", "--epochs", "2", *FAST])
-    stderr = assert_clean_failure(result, 1, "loss became NaN/inf at epoch", "step")
+    stderr = assert_clean_failure(result, 1, "NaN", "epoch 1, step", "--max-lr")
     assert len(error_lines(stderr)) == 1, describe(result)
     # a diverged run is a result: its record says where it stopped (here in epoch 1: nothing to evaluate)
     record = json.loads((out / "run.json").read_text())
-    assert record["stopped"]["after_epoch"] == 0 and "loss became NaN/inf at epoch 1" in record["stopped"]["reason"]
+    assert record["stopped"]["after_epoch"] == 0 and "epoch 1, step" in record["stopped"]["reason"]
     assert record["history"] == [] and "test_acc" not in record and record["lr_max"] == 1e4
 
 
@@ -661,7 +676,8 @@ def test_a_run_that_diverges_after_a_finished_epoch_records_that_epoch_evaluated
     with pytest.raises(DivergenceError, match=r"epoch 2, step 1"):
         train_command.train(cfg, data=synthetic_cifar10(n_train=64, n_test=20, seed=4), log=lambda *_: None)
     record = json.loads((tmp_path / "run.json").read_text())
-    assert record["stopped"] == {"reason": "loss became NaN/inf at epoch 2, step 1; lower --max-lr", "after_epoch": 1}
+    assert set(record["stopped"]) == {"reason", "after_epoch"} and record["stopped"]["after_epoch"] == 1
+    assert "epoch 2, step 1" in record["stopped"]["reason"] and "--max-lr" in record["stopped"]["reason"]
     assert [row["epoch"] for row in record["history"]] == [1]
     # the last finished epoch's weights, evaluated again: the same accuracy as its own epoch row
     assert record["test_acc"] == pytest.approx(record["history"][0]["test_acc"])
@@ -693,7 +709,7 @@ def test_nan_in_epoch_2_keeps_the_epoch_1_checkpoint(tmp_path, monkeypatch):
     wrap_train_one_epoch(monkeypatch, nan_loss_in_epoch_2)
     cfg = Config(batch_size=32, epochs=2, max_lr=0.1, device="cpu", precision="fp32", output_dir=str(tmp_path))
     path = tmp_path / "checkpoint.pt"
-    with pytest.raises(DivergenceError, match=r"loss became NaN/inf at epoch 2, step 1"):
+    with pytest.raises(DivergenceError, match=r"epoch 2, step 1\b"):
         fit_small(cfg)
     state = load_checkpoint(path)
     assert state["epoch"] == 1 and [row["epoch"] for row in state["history"]] == [1]

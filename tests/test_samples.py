@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli_main, shared_run
+from helpers import ROOT, cli_main, shared_run
 from PIL import Image
 
 from modular.data import load_cifar10
@@ -17,8 +17,6 @@ from modular.tools.app_samples import FOLDER, MOST, SampleError, check_sample, c
 from modular.tools.synthetic import synthetic_cifar10
 from modular.tools.testset import TestSetIdentity
 from modular.tools.weights import SHIPPED, sha256
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_run(n_test: int = 100, wrong_every: int = 3):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli_main, shared_run
+from helpers import ROOT, cli_main, shared_run
 from writers import write_tar_gz, write_torchvision_batches
 
 from custom_resnet import CustomResNet
@@ -166,7 +166,7 @@ def test_a_runs_record_holds_its_test_sets_identity(tmp_path_factory):
 
 
 def test_the_committed_official_records_name_the_class_sorted_tree():
-    root = Path(__file__).resolve().parents[1] / "results"
+    root = ROOT / "results"
     identities = {json.dumps(json.loads((root / f"{name}.json").read_text())["test_set"], sort_keys=True)
                   for name in ("headline", "official-seed1", "official-seed2")}
     assert len(identities) == 1 and json.loads(next(iter(identities)))["kind"] == "image tree"
