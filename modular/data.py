@@ -27,12 +27,6 @@ ACCEPTED_LAYOUTS = (
     "an image tree train/<class>/*, test/<class>/* (or a .tar.gz of one)"
 )
 IMAGE_SIZE = (32, 32)
-# The official training set's channel statistics to 4 places: what tells its pixels (torchvision's
-# download, or a lossless copy) from a lossy copy, whose statistics differ by the third or fourth place
-# (the JPEG copy's: docs/experiments.md).
-OFFICIAL_MEAN = (0.4914, 0.4822, 0.4465)
-OFFICIAL_STD = (0.2470, 0.2435, 0.2616)
-OFFICIAL_SIZES = (50_000, 10_000)  # train, test
 
 
 class DataError(RuntimeError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import platform
 from dataclasses import dataclass
 
@@ -107,12 +106,6 @@ def select_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     return Runtime(torch.device("cpu"), dtype, channels_last=True)
 
 
-def fp32_cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """An fp32, NCHW copy of ``model`` on the CPU, for tools that expect one (torchsummary, Grad-CAM);
-    ``model`` itself is left as it is."""
-    return copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
-
-
 def hardware_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -129,18 +122,3 @@ def runtime_part(runtime: Runtime, from_epoch: int = 0) -> dict:
     """What one part of a run (the start, or a resume after ``from_epoch`` epochs) ran on."""
     return {"from_epoch": from_epoch, "device": runtime.device.type, "precision": runtime.precision,
             "channels_last": runtime.channels_last, "hardware": hardware_name(runtime.device)}
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of what a run depends on, read from package metadata: nothing is imported
-    (importing torch_lr_finder here once printed tqdm's warning into the notebook)."""
-    from importlib import metadata
-
-    found = {"python": platform.python_version(), "torch": torch.__version__}
-    for name, distribution in (("numpy", "numpy"), ("torchvision", "torchvision"), ("albumentations", "albumentations"),
-                               ("torch_lr_finder", "torch-lr-finder")):
-        try:
-            found[name] = metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            pass
-    return found

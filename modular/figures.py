@@ -1,15 +1,12 @@
-"""Every figure of a finished run, by name, as drawn into its run folder and the README's images/: from
-the run record, plus the images it points into (the data) and the training transform for the
-augmented samples. No loader is read."""
+"""The figures of a run that need its images besides its numbers: augmented training samples, test
+samples and the misclassified gallery (the others are drawn from numbers alone, in plots.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from modular import galleries, plots
+from modular import galleries
 from modular.data import CifarData
 from modular.evaluate import gallery_sample
 
@@ -32,27 +29,3 @@ def misclassified_gallery(data: CifarData, wrong: list[dict[str, int]]) -> Figur
     shown = gallery_sample(wrong)
     return galleries.plot_misclassified(data.test_images[[w["index"] for w in shown]], [w["predicted"] for w in shown],
                                         [w["actual"] for w in shown], data.classes)
-
-
-def run_figures(record: dict, data: CifarData, train_transform) -> dict[str, Figure]:
-    """All but the sample grids are drawn from the record alone (the misclassified gallery also looks up
-    its test images by index in ``data``, the test set the record names)."""
-    classes = record["classes"]
-    figures = {
-        "train_samples": augmented_samples(data, train_transform, record["mean"], record["std"]),
-        "test_samples": sample_of_test_images(data),
-        "loss_accuracy": plots.plot_history(record["history"]),
-        "one_cycle_lr": plots.plot_lr_schedule(record["lr_per_step"], record["steps_per_epoch"], record["peak_epoch"]),
-        "misclassified": misclassified_gallery(data, record["misclassified"]),
-        "confusion_matrix": plots.plot_confusion_matrix(record["confusion_matrix"], classes),
-        "per_class_accuracy": plots.plot_per_class_accuracy(record["per_class_acc"], classes),
-    }
-    if record.get("lr_find"):
-        figures["lr_range_test"] = plots.plot_lr_finder(**record["lr_find"])
-    return figures
-
-
-def save_run_figures(record: dict, data: CifarData, train_transform, folder: str | Path) -> list[Path]:
-    """Every figure of a run as <folder>/<name>.png."""
-    return [plots.save_figure(fig, Path(folder) / f"{name}.png")
-            for name, fig in run_figures(record, data, train_transform).items()]

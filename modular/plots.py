@@ -3,17 +3,15 @@ helpers every plotting module shares: functions that take plain data and return 
 
 Nothing here calls ``plt.show`` or keeps state: figures are ``matplotlib.figure.Figure`` objects made
 outside pyplot, so they work headless (Agg), never pile up in pyplot, and, returned from a notebook
-cell, are displayed exactly once. ``save_figure`` writes one to a PNG.
+cell, are displayed exactly once (the tools write them to PNG files: modular/tools/figure_files.py).
 """
 
 from __future__ import annotations
 
 import io
 import math
-import sys
 import textwrap
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +20,7 @@ from matplotlib.figure import Figure
 
 WIDTH = 8.0  # inches; at dpi 110 about 880 px, readable at README width
 # Shown in a notebook a figure is drawn at its own dpi: 80 gives 640 px across, readable in a notebook's
-# column, and keeps the saved notebook small (save_figure writes files at 110)
+# column, and keeps the saved notebook small (the tools write files at 110 dpi)
 INLINE_DPI = 80
 
 
@@ -55,17 +53,6 @@ def to_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (parent folders created), close it and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", format="png")
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:  # a figure the caller made with pyplot: release it (no-op for ours)
-        pyplot.close(fig)
-    return path
 
 
 def plot_history(history: Sequence[Mapping[str, float]]) -> Figure:

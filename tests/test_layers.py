@@ -105,3 +105,46 @@ def test_no_import_cycle():
 
     for name in sorted(edges):
         visit(name, ())
+
+
+CORE_FILES = [*sorted(p for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")),
+              ROOT / "custom_resnet.py"]
+
+
+def defined_names(tree: ast.Module) -> set[str]:
+    """The public functions, classes and constants a module defines at its top level."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return {name for name in names if not name.startswith("_")}
+
+
+def used_names(tree: ast.AST) -> set[str]:
+    """Every name a piece of code reads, bare or as an attribute (``plots.plot_history``)."""
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            used.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            used.add(node.attr)
+        elif isinstance(node, ast.ImportFrom):
+            used.update(alias.name for alias in node.names)
+    return used
+
+
+def test_every_public_name_of_the_core_serves_the_core_or_the_notebook():
+    """What only the tools (or the tests) use lives in the tools: a student reading the core meets
+    nothing that the notebook's path does not need. A name counts as used when another core module or
+    the notebook reads it, or its own module does (beyond defining it)."""
+    trees = {path: ast.parse(path.read_text()) for path in CORE_FILES}
+    notebook = json.loads((ROOT / "era_s10_cifar.ipynb").read_text())
+    notebook_code = "\n".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
+    used_by = {path: used_names(tree) for path, tree in trees.items()}
+    used_by["notebook"] = used_names(ast.parse(notebook_code))
+    unused = sorted(f"{path.relative_to(ROOT)}: {name}" for path, tree in trees.items() for name in defined_names(tree)
+                    if not any(name in names for names in used_by.values()))
+    assert not unused, unused

@@ -11,13 +11,13 @@ import pytest
 import torch
 from helpers import ROOT, shared_run
 
-from modular import figures
 from modular.config import CIFAR10_CLASSES
 from modular.evaluate import gallery_sample
 from modular.learner import Learner
 from modular.progress import TABLE_HEADER, format_epoch
 from modular.tools import notebook
 from modular.tools.inference import gradcam_figure
+from modular.tools.train_command import run_figures
 from modular.tools.weights import export_weights, load_weights, shipped_run
 
 NOTEBOOK = ROOT / "era_s10_cifar.ipynb"
@@ -123,7 +123,7 @@ def test_the_test_image_gallery_shows_every_class(shipped, tmp_path):
     run = shipped[0]
     cfg = run.cfg.replace(output_dir=str(tmp_path), device="cpu")  # the record's paths name no folder of this machine
     learner = Learner(cfg)
-    figure = figures.run_figures(run.record, learner.data, learner.train_transform)["test_samples"]
+    figure = run_figures(run.record, learner.data, learner.train_transform)["test_samples"]
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert len(titles) == 16 and set(titles[:10]) == set(CIFAR10_CLASSES), titles
 

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from modular import galleries, plots
 from modular.config import CIFAR10_CLASSES
+from modular.tools.figure_files import save_figure
 
 CLASSES = list(CIFAR10_CLASSES)
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -24,7 +25,7 @@ def rng():
 
 def _save(fig, tmp_path, name):
     assert isinstance(fig, Figure)
-    path = plots.save_figure(fig, tmp_path / "figures" / f"{name}.png")
+    path = save_figure(fig, tmp_path / "figures" / f"{name}.png")
     assert path.exists() and path.stat().st_size > 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return path

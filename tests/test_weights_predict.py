@@ -16,6 +16,7 @@ from custom_resnet import CustomResNet
 from modular.checkpoint import load_checkpoint
 from modular.config import CIFAR10_CLASSES
 from modular.robust import save_atomic
+from modular.tools import figure_files
 from modular.tools.predict import predict_files
 from modular.tools.weights import WEIGHTS_FORMAT, WeightsError, export_weights, load_weights, sha256
 from modular.transforms import test_transforms as make_test_transforms
@@ -138,7 +139,6 @@ def test_weights_of_another_model_or_no_weights_file_are_one_line_errors(exporte
 def test_gradcam_command_draws_the_records_misclassified_images(exported, tmp_path, capsys, monkeypatch):
     """The figure shows the record's images (not those the model gets wrong now), each titled with the
     record's predicted and true class, in that order."""
-    from modular import plots
     from modular.data import load_cifar10
 
     run, record, weights = exported
@@ -147,8 +147,8 @@ def test_gradcam_command_draws_the_records_misclassified_images(exported, tmp_pa
     wrong = [{"index": i, "predicted": int(test.test_labels[i] + 3) % 10, "actual": int(test.test_labels[i])} for i in chosen]
     made_up = tmp_path / "run.json"
     made_up.write_text(json.dumps({**json.loads(record.read_text()), "misclassified": wrong}))
-    drawn, real_save = [], plots.save_figure
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: drawn.append(fig) or real_save(fig, path, **kw))
+    drawn, real_save = [], figure_files.save_figure
+    monkeypatch.setattr(figure_files, "save_figure", lambda fig, path, **kw: drawn.append(fig) or real_save(fig, path, **kw))
     out = tmp_path / "gradcam.png"
     code, stdout, err = cli_main(["gradcam", "--weights", weights, "--data-dir", run.tree, "--record", made_up,
                                   "--output", out], capsys)

@@ -43,8 +43,8 @@ def measure(calls: int = 50) -> dict:
     from gradio_client import Client
     from PIL import Image
 
-    from modular.device import hardware_name, versions
-    from modular.tools.provenance import code_version
+    from modular.device import hardware_name
+    from modular.tools.provenance import code_version, versions
     from modular.tools.weights import sha256
 
     load_before = os.getloadavg()

@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from modular.config import Config
-from modular.device import Runtime, hardware_name, select_runtime, versions
+from modular.device import Runtime, hardware_name, select_runtime
 from modular.learner import build_criterion, build_optimizer, new_model, train_one_epoch
 from modular.loaders import default_workers, make_loaders
 from modular.schedule import one_cycle
 from modular.tools.jsonio import write_record
+from modular.tools.provenance import versions
 from modular.tools.synthetic import synthetic_cifar10
 from modular.transforms import test_transforms, train_transforms
 

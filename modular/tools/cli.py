@@ -118,7 +118,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_gradcam(args) -> int:
-    from modular.plots import save_figure
+    from modular.tools.figure_files import save_figure
     from modular.tools.inference import gradcam_figure, load_for_evaluation
 
     learner = load_for_evaluation(args.checkpoint, args.weights, args.data_dir, device="cpu").learner
@@ -218,7 +218,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_lr_seeds(args) -> int:
-    from modular.plots import save_figure
+    from modular.tools.figure_files import save_figure
     from modular.tools.jsonio import write_record
     from modular.tools.lr_seeds import caption, format_seeds, gather, plot_lr_seeds
 

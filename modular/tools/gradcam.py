@@ -4,6 +4,7 @@ residual output or Layer2's output (finer maps)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +15,12 @@ from custom_resnet import CustomResNet
 # The layers a map can be taken from: name -> what it is (its grid, one cell per 32/grid pixels)
 LAYERS = {"layer1": "Layer1's residual output (X + R1, 16x16)", "layer2": "Layer2's output (8x8)",
           "layer3": "Layer3's residual output (X + R2, 4x4)"}
+
+
+def fp32_cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """An fp32, NCHW copy of ``model`` on the CPU, for tools that expect one (torchsummary, Grad-CAM);
+    ``model`` itself is left as it is."""
+    return copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
 
 
 def target_layer(model: CustomResNet, layer: str = "layer3") -> torch.nn.Module:

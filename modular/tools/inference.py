@@ -16,12 +16,11 @@ from matplotlib.figure import Figure
 from modular.checkpoint import Weights
 from modular.config import Config
 from modular.data import channel_stats, load_data
-from modular.device import fp32_cpu_copy
 from modular.evaluate import gallery_sample, misclassified, predict
 from modular.galleries import class_name
 from modular.learner import Learner
 from modular.plots import new_figure
-from modular.tools.gradcam import gradcam_pair
+from modular.tools.gradcam import fp32_cpu_copy, gradcam_pair
 from modular.tools.weights import load_weights, read_run_checkpoint
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from modular.config import Config
-from modular.device import fp32_cpu_copy
+from modular.tools.gradcam import fp32_cpu_copy
 from modular.tools.synthetic import synthetic_cifar10, write_image_tree
 
 DATA_SETTING = "CIFAR10_DIR"  # what names the data in the notebook (the command line's --data-dir)

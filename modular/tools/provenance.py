@@ -1,8 +1,12 @@
-"""Which code made a run: the git commit of this checkout and whether its tree was clean."""
+"""Which code made a run: the git commit of this checkout, whether its tree was clean, and the versions of
+the libraries it ran with."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
+
+import torch
 
 from modular.tools import REPO
 
@@ -22,3 +26,18 @@ def code_version(from_epoch: int = 0) -> dict:
     status = _git("status", "--porcelain") if head else None
     return {"commit": head.strip() if head else None, "clean": None if status is None else status.strip() == "",
             "from_epoch": from_epoch}
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of what a run depends on, read from package metadata: nothing is imported
+    (importing torch_lr_finder here once printed tqdm's warning into the notebook)."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    for name, distribution in (("numpy", "numpy"), ("torchvision", "torchvision"), ("albumentations", "albumentations"),
+                               ("torch_lr_finder", "torch-lr-finder")):
+        try:
+            found[name] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            pass
+    return found

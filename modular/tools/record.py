@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from modular.device import Runtime, runtime_part, versions
+from modular.device import Runtime, runtime_part
 from modular.evaluate import Evaluation
-from modular.tools.provenance import code_version
+from modular.tools.provenance import code_version, versions
 from modular.tools.testset import TestSetIdentity
 
 if TYPE_CHECKING:  # annotations only

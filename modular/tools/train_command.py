@@ -10,13 +10,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
+from modular import figures, plots
 from modular.checkpoint import Checkpoint, CheckpointError, checkpoint_path, find_checkpoint
 from modular.config import Config
 from modular.data import CifarData
-from modular.figures import save_run_figures
 from modular.learner import DivergenceError, FitResult, Learner
 from modular.lr_finder import LRFindResult
-from modular.plots import plot_lr_finder, save_figure
+from modular.plots import plot_lr_finder
+from modular.tools.figure_files import save_figure
 from modular.tools.jsonio import write_record
 from modular.tools.provenance import code_version
 from modular.tools.record import build_lr_find_record, build_record
@@ -129,3 +132,28 @@ def finish(learner: Learner, result: FitResult, stopped: str | None = None) -> d
     log(f"test accuracy {record['test_acc']:.2f}% (best {record['best_test_acc']:.2f}% at epoch "
         f"{record['best_epoch']}), flip TTA {record['tta_test_acc']:.2f}%; record: {out / 'run.json'}")
     return record
+
+
+def run_figures(record: dict, data: CifarData, train_transform) -> dict[str, Figure]:
+    """Every figure of a finished run, by name, as drawn into its run folder and the README's images/.
+    All but the sample grids are drawn from the record alone (the misclassified gallery also looks up
+    its test images by index in ``data``, the test set the record names)."""
+    classes = record["classes"]
+    drawn = {
+        "train_samples": figures.augmented_samples(data, train_transform, record["mean"], record["std"]),
+        "test_samples": figures.sample_of_test_images(data),
+        "loss_accuracy": plots.plot_history(record["history"]),
+        "one_cycle_lr": plots.plot_lr_schedule(record["lr_per_step"], record["steps_per_epoch"], record["peak_epoch"]),
+        "misclassified": figures.misclassified_gallery(data, record["misclassified"]),
+        "confusion_matrix": plots.plot_confusion_matrix(record["confusion_matrix"], classes),
+        "per_class_accuracy": plots.plot_per_class_accuracy(record["per_class_acc"], classes),
+    }
+    if record.get("lr_find"):
+        drawn["lr_range_test"] = plots.plot_lr_finder(**record["lr_find"])
+    return drawn
+
+
+def save_run_figures(record: dict, data: CifarData, train_transform, folder: str | Path) -> list[Path]:
+    """Every figure of a run as <folder>/<name>.png."""
+    return [save_figure(fig, Path(folder) / f"{name}.png")
+            for name, fig in run_figures(record, data, train_transform).items()]
