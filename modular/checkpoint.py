@@ -82,20 +82,21 @@ class Checkpoint(RunSoFar):
     scaler: dict | None                             # GradScaler's (fp16 only)
     rng: torch.Tensor                               # torch's CPU generator
     config: dict                                    # the Config it was trained with
+    ema: dict | None = None                         # the weights' moving average (cfg.ema_decay), if the run keeps one
 
     @classmethod
     def from_dict(cls, state: dict[str, Any], source: str) -> Checkpoint:
         facts = RunFacts.from_dict(state)
         return cls(Weights(state["model"], facts.mean, facts.std, source), facts, list(state["history"]),
                    list(state["lr_per_step"]), state["optimizer"], state["scheduler"], state.get("scaler"),
-                   state["rng"]["torch"], state["config"])
+                   state["rng"]["torch"], state["config"], state.get("ema"))
 
     def to_dict(self) -> dict[str, Any]:
         """The dict written to disk (the same keys since the first version, so every checkpoint resumes)."""
         return {"format": CHECKPOINT_FORMAT, "model": self.weights.model, "optimizer": self.optimizer,
                 "scheduler": self.scheduler, "scaler": self.scaler, "epoch": self.epochs_done, "history": self.history,
                 "lr_per_step": self.lr_per_step, "rng": {"torch": self.rng}, "config": self.config,
-                **self.facts.to_dict()}
+                **({"ema": self.ema} if self.ema is not None else {}), **self.facts.to_dict()}
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:

@@ -55,6 +55,7 @@ class Config:
     data_dir: str | None = None          # None: torchvision's CIFAR10, downloaded into download_root
     download_root: str = "data"
     subset: int | None = None            # class-balanced sample of N training images (quick runs)
+    val_split: int | None = None         # hold out N class-balanced training images and evaluate on them, not the test set
     test_subset: int | None = None       # ... and of N test images (quick runs; a noisier accuracy)
     batch_size: int = 512
     workers: int | None = None           # None: chosen for the device
@@ -76,6 +77,15 @@ class Config:
     adam_weight_decay: float = 1e-4
     label_smoothing: float = 0.2
     logit_scale: float = 0.125           # Page's parameter-free output scale
+
+    # levers that train the same network better (modular/recipe.py), off by default
+    whiten_init: bool = False            # prep conv's filters from the training patches' covariance
+    dirac_init: bool = False             # the residual blocks' convs start as the identity
+    frozen_bn_scale: bool = False        # every BatchNorm scale fixed at 1
+    bn_bias_lr_factor: float = 1.0       # BatchNorm biases at this x the LR, weight decay / this (SGD)
+    ema_decay: float | None = None       # None: no EMA; else the decay of the weights' moving average...
+    ema_every: int = 5                   # ...updated every this many steps, and evaluated and shipped
+    multiview_tta: bool = False          # also report TTA over flips and one-pixel shifts (never the headline)
 
     # LR range test (torch-lr-finder)
     lr_find_start: float = 1e-4
@@ -121,6 +131,14 @@ class Config:
             (0.0 <= self.label_smoothing < 1.0, f"label smoothing must lie in [0, 1) (got {self.label_smoothing})"),
             (0 < self.logit_scale < math.inf, f"logit scale must be a number > 0 (got {self.logit_scale})"),
             (self.lr_find_iters >= 20, f"LR range test needs at least 20 iterations (got {self.lr_find_iters})"),
+            (self.val_split is None or self.val_split >= 10,
+             f"validation split must hold at least one image per class, 10 or more (got {self.val_split})"),
+            (0 < self.bn_bias_lr_factor < math.inf, f"BN bias LR factor must be a number > 0 (got {self.bn_bias_lr_factor})"),
+            (self.bn_bias_lr_factor == 1.0 or self.optimizer == "sgd",
+             f"BN bias LR factor {self.bn_bias_lr_factor:g} works with SGD only (Adam ignores a gradient's scale): "
+             "use --optimizer sgd or --bn-bias-lr-factor 1"),
+            (self.ema_decay is None or 0 < self.ema_decay < 1, f"EMA decay must lie in (0, 1) (got {self.ema_decay})"),
+            (self.ema_every >= 1, f"EMA interval must be at least 1 step (got {self.ema_every})"),
         ]
         for ok, message in checks:
             if not ok:

@@ -27,6 +27,7 @@ ACCEPTED_LAYOUTS = (
     "an image tree train/<class>/*, test/<class>/* (or a .tar.gz of one)"
 )
 IMAGE_SIZE = (32, 32)
+VAL_SPLIT_SEED = 20261207  # draws the validation split: its own seed, so every run holds out the same images
 
 
 class DataError(RuntimeError):
@@ -50,6 +51,16 @@ class CifarData:
         index = self._balanced(self.train_labels, n, seed, "--subset", "training set")
         return CifarData(self.train_images[index], self.train_labels[index], self.test_images,
                          self.test_labels, self.classes, f"{self.source} (subset of {n})", self.kind)
+
+    def validation_split(self, n: int) -> CifarData:
+        """``n`` class-balanced training images held out as the set evaluated on, the rest to train on; the
+        test set is not used. The split is fixed by VAL_SPLIT_SEED, the same for every run and seed, so
+        variants compared on it are judged on the same images."""
+        held_out = self._balanced(self.train_labels, n, VAL_SPLIT_SEED, "--val-split", "training set")
+        kept = np.setdiff1d(np.arange(len(self.train_labels)), held_out)
+        return CifarData(self.train_images[kept], self.train_labels[kept], self.train_images[held_out],
+                         self.train_labels[held_out], self.classes, f"{self.source} (validation split of {n})",
+                         f"{self.kind}, validation split of {n}")
 
     def test_subset(self, n: int, seed: int) -> CifarData:
         """A class-balanced sample of ``n`` test images, fixed by ``seed``, in the test set's order
@@ -102,9 +113,11 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download_root: str |
 
 
 def load_data(cfg: Config, setting: str = "--data-dir") -> CifarData:
-    """CIFAR-10 as ``cfg`` says (cfg.data_dir, or torchvision's download), reduced to cfg.subset training
-    and cfg.test_subset test images if set; errors name ``setting``, what the user gives cfg.data_dir with."""
+    """CIFAR-10 as ``cfg`` says (cfg.data_dir, or torchvision's download), with cfg.val_split training
+    images held out to evaluate on instead of the test set, reduced to cfg.subset training and
+    cfg.test_subset test (or held-out) images if set; errors name ``setting``, what the user gives cfg.data_dir with."""
     data = load_cifar10(cfg.data_dir, cfg.download_root, setting)
+    data = data.validation_split(cfg.val_split) if cfg.val_split else data
     data = data.subset(cfg.subset, cfg.seed) if cfg.subset else data
     return data.test_subset(cfg.test_subset, cfg.seed) if cfg.test_subset else data
 

@@ -19,6 +19,7 @@ class Predictions:
     loss: float             # the criterion (the training loss, label smoothing included), per sample
     cross_entropy: float    # plain cross-entropy, per sample: the "test loss" a reader expects
     tta_logits: np.ndarray | None = None  # log of the mean softmax of each image and its mirror
+    multiview_logits: np.ndarray | None = None  # ... and of its one-pixel shifts (``multiview_probabilities``)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -34,18 +35,37 @@ class Predictions:
         """Percent correct with flip TTA (``predict(..., flip_tta=True)`` only)."""
         return 100.0 * float((self.tta_logits.argmax(1) == self.labels).mean())
 
+    @property
+    def multiview_accuracy(self) -> float:
+        """Percent correct with multi-view TTA (``predict(..., multiview=True)`` only)."""
+        return 100.0 * float((self.multiview_logits.argmax(1) == self.labels).mean())
+
+
+def mirror_probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The mean softmax of each image and its mirror image."""
+    return (F.softmax(model(images).float(), 1) + F.softmax(model(torch.flip(images, dims=[3])).float(), 1)) / 2
+
+
+def multiview_probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Half the mirror pair's mean softmax, half that of the two one-pixel shifts (up-left and down-right,
+    reflect-padded) with their mirrors: airbench's six views."""
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
+    return (mirror_probabilities(model, images) + sum(mirror_probabilities(model, s) for s in shifted) / 2) / 2
+
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, runtime, criterion: torch.nn.Module | None = None,
-            flip_tta: bool = False, log: Callable[[str], None] | None = None) -> Predictions:
+            flip_tta: bool = False, log: Callable[[str], None] | None = None, multiview: bool = False) -> Predictions:
     """Logits for every sample of ``loader`` in order, with the mean ``criterion`` (default: plain
     cross-entropy) and the mean plain cross-entropy. ``flip_tta`` also runs each mirrored image
     once and keeps the log of the two softmaxes' mean (two forward passes per batch in all).
-    ``log``: show progress (``progress.track``); None, as after every epoch, shows none."""
+    ``multiview`` adds the six views of ``multiview_probabilities``. ``log``: show progress
+    (``progress.track``); None, as after every epoch, shows none."""
     criterion = criterion or torch.nn.CrossEntropyLoss()
     was_training = model.training
     model.eval()
-    outputs, mirrored_outputs, labels = [], [], []
+    outputs, mirrored_outputs, multiview_outputs, labels = [], [], [], []
     loss_sum = torch.zeros((), device=runtime.device)
     ce_sum = torch.zeros((), device=runtime.device)
     batches = loader if log is None else track(loader, "evaluation", len(loader), "batches", log)
@@ -58,6 +78,8 @@ def predict(model: torch.nn.Module, loader, runtime, criterion: torch.nn.Module 
                     mirrored = model(torch.flip(images, dims=[3])).float()
                     tta = torch.log((F.softmax(logits, 1) + F.softmax(mirrored, 1)) / 2)
                     mirrored_outputs.append(tta.cpu())
+                if multiview:
+                    multiview_outputs.append(torch.log(multiview_probabilities(model, images)).cpu())
             loss_sum += criterion(logits, targets) * len(targets)  # batch mean x size = batch sum
             ce_sum += F.cross_entropy(logits, targets, reduction="sum")
             outputs.append(logits.cpu())
@@ -66,8 +88,9 @@ def predict(model: torch.nn.Module, loader, runtime, criterion: torch.nn.Module 
         model.train(was_training)
     n = max(sum(len(t) for t in labels), 1)
     tta_logits = torch.cat(mirrored_outputs).numpy() if flip_tta else None
+    multiview_logits = torch.cat(multiview_outputs).numpy() if multiview else None
     return Predictions(torch.cat(outputs).numpy(), torch.cat(labels).numpy(), float(loss_sum) / n, float(ce_sum) / n,
-                       tta_logits)
+                       tta_logits, multiview_logits)
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -104,9 +127,11 @@ class Evaluation:
     confusion_matrix: list[list[int]]  # rows: true class; columns: predicted class
     misclassified: list[dict[str, int]]
     images: int
+    multiview_tta_acc: float | None = None  # multi-view TTA (cfg.multiview_tta), reported apart
 
     def to_dict(self) -> dict:
-        return {name: value for name, value in asdict(self).items() if name != "images"}
+        return {name: value for name, value in asdict(self).items()
+                if name != "images" and not (name == "multiview_tta_acc" and value is None)}
 
     def __str__(self) -> str:
         return (f"test accuracy {self.test_acc:.2f}%, flip TTA {self.tta_test_acc:.2f}% (not counted); test loss "
@@ -114,10 +139,11 @@ class Evaluation:
 
 
 def full_evaluation(model, loader, runtime, classes, criterion=None,
-                    log: Callable[[str], None] | None = print) -> Evaluation:
-    """The test set through ``model`` once, and once mirrored (flip TTA); progress through ``log`` (None: none)."""
-    plain = predict(model, loader, runtime, criterion, flip_tta=True, log=log)
+                    log: Callable[[str], None] | None = print, multiview: bool = False) -> Evaluation:
+    """The test set through ``model`` once, and once mirrored (flip TTA), and in six views if ``multiview``;
+    progress through ``log`` (None: none)."""
+    plain = predict(model, loader, runtime, criterion, flip_tta=True, log=log, multiview=multiview)
     matrix = confusion_matrix(plain.labels, plain.predicted, len(classes))
     return Evaluation(plain.accuracy, plain.loss, plain.cross_entropy, plain.tta_accuracy,
                       per_class_accuracy(matrix, classes), matrix.tolist(), misclassified(plain.labels, plain.predicted),
-                      len(plain.labels))
+                      len(plain.labels), plain.multiview_accuracy if multiview else None)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.swa_utils import AveragedModel
 
 from custom_resnet import CustomResNet
 from modular.checkpoint import (
@@ -40,6 +41,7 @@ from modular.evaluate import Evaluation, full_evaluation, predict
 from modular.loaders import make_loaders
 from modular.lr_finder import LRFinderError, LRFindResult, find_lr
 from modular.progress import TABLE_HEADER, Progress, format_epoch
+from modular.recipe import ema_model, prepare_model
 from modular.schedule import advance, one_cycle
 from modular.transforms import test_transforms, train_transforms
 
@@ -90,8 +92,10 @@ READ_EVERY = 25  # steps between reads of the running loss on the host (progress
 
 def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                     scaler: torch.amp.GradScaler, batches, runtime: Runtime, epoch: int, bar: bool | None = None,
-                    log: Callable[[str], None] = print) -> EpochStats:
-    """One pass over ``batches`` (the training loader), the schedule advanced after every step.
+                    log: Callable[[str], None] = print, ema: AveragedModel | None = None,
+                    ema_every: int = 1) -> EpochStats:
+    """One pass over ``batches`` (the training loader), the schedule advanced after every step, and
+    ``ema`` (if any) updated from ``model`` every ``ema_every`` steps of the run.
 
     Loss sums, correct counts and the first step with a non-finite loss stay on the device; the host
     reads them every READ_EVERY steps and at the end, so a GPU never waits for the CPU inside the loop.
@@ -115,6 +119,8 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimize
             scaler.step(optimizer)                       # skipped when fp16 gradients overflowed
             scaler.update()
             advance(scheduler)
+            if ema is not None and ((epoch - 1) * len(batches) + step) % ema_every == 0:
+                ema.update_parameters(model)
 
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), step, first_bad)
             loss_sum += loss.detach().float() * len(targets)
@@ -158,7 +164,7 @@ class Learner:
         self.test_transform = test_transforms(mean, std)
         self.train_loader, self.test_loader = make_loaders(self.data, self.train_transform, self.test_transform, cfg,
                                                            self.runtime)
-        self.model = self.runtime.prepare_model(new_model(cfg))
+        self.model = self.runtime.prepare_model(prepare_model(new_model(cfg), cfg, self.data.train_images, mean, std))
         self.criterion = build_criterion(cfg)
         self.optimizer = build_optimizer(self.model, cfg, cfg.lr_find_start, fused=self.runtime.fused_optimizer)
         lr_min = None if cfg.max_lr is None else cfg.max_lr / cfg.div_factor
@@ -170,7 +176,8 @@ class Learner:
         self._interrupted = False
 
     def _begin_from(self, start: Weights | RunSoFar | None) -> None:
-        """The model's weights and the finished epochs of ``start`` (nothing for a new run)."""
+        """The model's weights and the finished epochs of ``start`` (nothing for a new run), and the weights'
+        moving average where the run trains on (a given model's weights are already the ones it is judged by)."""
         weights = start.weights if isinstance(start, RunSoFar) else start
         if weights is not None:
             load_model_state(self.model, weights)
@@ -178,6 +185,14 @@ class Learner:
         self.history = list(run.history) if run else []
         self.lr_per_step = list(run.lr_per_step) if run else []
         self.checkpoint = start if isinstance(start, Checkpoint) else None
+        self.ema = ema_model(self.model, self.cfg) if start is None or self.checkpoint else None
+        if self.ema is not None and self.checkpoint is not None and self.checkpoint.ema is not None:
+            self.ema.load_state_dict(self.checkpoint.ema)
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The weights a run is judged by and ships: their moving average when the run keeps one."""
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def epochs_done(self) -> int:
@@ -225,8 +240,8 @@ class Learner:
             began = time.perf_counter()
             self.train_loader.sampler.set_epoch(epoch)  # the epoch's order and augmentations: seed and epoch
             stats = train_one_epoch(model, self.criterion, self.optimizer, scheduler, scaler, self.train_loader,
-                                    self.runtime, epoch, bar, self.log)
-            test = predict(model, self.test_loader, self.runtime, self.criterion)
+                                    self.runtime, epoch, bar, self.log, self.ema, cfg.ema_every)
+            test = predict(self.evaluated_model, self.test_loader, self.runtime, self.criterion)
             if not math.isfinite(test.loss):  # diverged weights: keep the last good checkpoint
                 raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {len(self.train_loader)} "
                                       "(the test loss after the epoch's last step); lower --max-lr")
@@ -269,11 +284,12 @@ class Learner:
         weights = Weights(self.model.state_dict(), self.facts.mean, self.facts.std, str(self.checkpoint_path))
         save_checkpoint(Checkpoint(weights, self.facts, self.history, self.lr_per_step, self.optimizer.state_dict(),
                                    scheduler.state_dict(), scaler.state_dict(), torch.get_rng_state(),
-                                   self.cfg.to_dict()), self.checkpoint_path)
+                                   self.cfg.to_dict(), self.ema.state_dict() if self.ema is not None else None),
+                        self.checkpoint_path)
 
     def result(self) -> FitResult:
         """The epochs finished so far, with the model as it is now."""
-        return FitResult(list(self.history), list(self.lr_per_step), self.facts, self.model)
+        return FitResult(list(self.history), list(self.lr_per_step), self.facts, self.evaluated_model)
 
     def rewind(self) -> FitResult:
         """Back to the last finished epoch after a failed one (a NaN loss spoils the weights in memory):
@@ -284,4 +300,5 @@ class Learner:
 
     def evaluate(self) -> Evaluation:
         """The model on the test set: accuracy, loss, flip TTA, per class, confusion matrix, misclassified."""
-        return full_evaluation(self.model, self.test_loader, self.runtime, self.data.classes, self.criterion, log=self.log)
+        return full_evaluation(self.evaluated_model, self.test_loader, self.runtime, self.data.classes, self.criterion,
+                               log=self.log, multiview=self.cfg.multiview_tta)

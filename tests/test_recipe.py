@@ -93,3 +93,15 @@ def test_augmentation_order_and_parameters(learner):
     assert (cutout.fill, cutout.p) == (0, 1.0)  # 0 after Normalize is the dataset mean; on every image
     test = learner.test_transform.transforms
     assert [type(t) for t in test] == [A.Normalize, ToTensorV2] and test[0].mean == mean
+
+
+def test_every_lever_is_off_by_default(learner):
+    """The levers of modular/recipe.py change nothing until adopted: every BN scale trains, no BN bias
+    gradient is scaled, no moving average, no validation split, no multi-view TTA."""
+    bns = [m for m in learner.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(bn.weight.requires_grad and not bn.bias._backward_hooks for bn in bns)
+    assert learner.ema is None and learner.evaluated_model is learner.model
+    assert len(learner.data.test_labels) == 20  # the test set, not a held-out split
+    cfg = learner.cfg
+    assert (cfg.whiten_init, cfg.dirac_init, cfg.frozen_bn_scale, cfg.bn_bias_lr_factor, cfg.ema_decay,
+            cfg.val_split, cfg.multiview_tta) == (False, False, False, 1.0, None, None, False)

@@ -57,6 +57,9 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
                    "is noisier: near 90%%, a standard error of 30/sqrt(N) points, 1 point for N=1,000 (default: all test images)")
     p.add_argument("--seed", type=int, default=Config.seed, help="seeds the model's initial weights, the sampling "
                    "order and the augmentations")
+    p.add_argument("--val-split", type=_positive_int, help="hold out N class-balanced training images (the same "
+                   "ones for every run and seed) and evaluate on them instead of the test set: compare variants "
+                   "this way, never on the test set (default: train on all, evaluate on the test set)")
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -67,6 +70,21 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="cross-entropy label smoothing, in [0, 1)")
     p.add_argument("--logit-scale", type=float, default=Config.logit_scale,
                    help="the model's logits are multiplied by this, > 0; 1 gives raw logits")
+    levers = p.add_argument_group("levers", "ways to train the same network better (modular/recipe.py), off by default")
+    levers.add_argument("--whiten-init", action="store_true", help="the prep conv's filters start from the "
+                        "eigenvectors of the training images' 3x3 patch covariance (still trained)")
+    levers.add_argument("--dirac-init", action="store_true", help="the convolutions inside the residual blocks start "
+                        "as the identity")
+    levers.add_argument("--frozen-bn-scale", action="store_true", help="every BatchNorm scale fixed at 1, not trained")
+    levers.add_argument("--bn-bias-lr-factor", type=_positive_float, default=Config.bn_bias_lr_factor,
+                        help="BatchNorm biases at this x the LR, with weight decay / this (SGD only; Page and "
+                        "airbench: 64)")
+    levers.add_argument("--ema-decay", type=float, help="evaluate and ship an exponential moving average of the "
+                        "weights with this decay, in (0, 1) (default: none; Page: 0.99)")
+    levers.add_argument("--ema-every", type=_positive_int, default=Config.ema_every,
+                        help="steps between updates of the moving average")
+    levers.add_argument("--multiview-tta", action="store_true", help="also report TTA over flips and one-pixel "
+                        "shifts at the end (never the headline)")
     p.add_argument("--lr-rule", choices=LR_RULES, default=Config.lr_rule,
                    help="how LRMAX is read off the range test: 'minimum', the smoothed loss's minimum before "
                    "divergence (or, where the loss lies flat over more than 5x in LR below it, the steepest descent "

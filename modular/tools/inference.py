@@ -21,7 +21,7 @@ from modular.galleries import class_name
 from modular.learner import Learner
 from modular.plots import new_figure
 from modular.tools.gradcam import fp32_cpu_copy, gradcam_pair
-from modular.tools.weights import load_weights, read_run_checkpoint
+from modular.tools.weights import evaluated_weights, load_weights, read_run_checkpoint
 
 
 @dataclass
@@ -47,7 +47,7 @@ def load_for_evaluation(checkpoint: str | None, weights: str | None, data_dir: s
         data = load_data(cfg)
         # an old checkpoint without its run's statistics: those of the training images, as its run computed them
         mean, std = (state["mean"], state["std"]) if "mean" in state else channel_stats(data.train_images)
-        start = Weights(state["model"], list(mean), list(std), checkpoint)
+        start = Weights(evaluated_weights(state), list(mean), list(std), checkpoint)
         description = f"checkpoint {checkpoint}: epoch {state['epoch']} of {cfg.epochs}"
     learner = Learner(cfg, data, start=start)
     learner.model.eval()

@@ -75,7 +75,7 @@ def export_weights(checkpoint: str | os.PathLike, destination: str | os.PathLike
         raise CheckpointError(f"{checkpoint} lacks the run's mean and std; export the checkpoint of a full run")
     if record_path is not None:
         check_own_run(state, checkpoint, json.loads(Path(record_path).read_text()), record_path)
-    half = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    half = {k: v.half() if v.is_floating_point() else v for k, v in evaluated_weights(state).items()}
     save_atomic({"format": WEIGHTS_FORMAT, "state_dict": half, "mean": list(state["mean"]), "std": list(state["std"]),
                      "classes": list(classes), "logit_scale": state["config"]["logit_scale"], "epoch": state["epoch"]},
                     destination)
@@ -138,6 +138,14 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict:
         raise
 
 
+def evaluated_weights(state: dict) -> dict:
+    """The weights a checkpoint's run is judged by: the moving average's when the run keeps one
+    (``Learner.evaluated_model``), else the model's."""
+    if state.get("ema") is None:
+        return state["model"]
+    return {name.removeprefix("module."): value for name, value in state["ema"].items() if name.startswith("module.")}
+
+
 def is_weights_file(path: str | os.PathLike) -> bool:
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -152,7 +160,7 @@ def load_checkpoint_model(path: str | os.PathLike) -> TrainedModel:
     if "mean" not in state or "std" not in state:
         raise CheckpointError(f"{path} lacks the run's mean and std; export the checkpoint of a run that train wrote")
     model = CustomResNet(logit_scale=Config.from_dict(state["config"]).logit_scale)
-    load_model_state(model, Weights(state["model"], state["mean"], state["std"], str(path)))
+    load_model_state(model, Weights(evaluated_weights(state), state["mean"], state["std"], str(path)))
     return TrainedModel(model.float().eval(), tuple(state["mean"]), tuple(state["std"]), CIFAR10_CLASSES, str(path))
 
 
