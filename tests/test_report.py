@@ -200,3 +200,15 @@ def test_a_record_resumed_in_another_setting_is_refused(tmp_path):
         message = str(caught.value)
         assert "run.json" in message and "from epoch 0" in message and "from epoch 7" in message, message
         assert "Some CPU (2 threads)" in message and next(iter(change.values())) in message, message
+
+
+def test_a_run_evaluated_on_a_validation_split_never_enters_a_test_set_table(tmp_path):
+    """Screening runs (--val-split) are compared among themselves; the README's tables are test accuracy."""
+    screening = {**RUN, "config": {**RUN["config"], "val_split": 5000}, "test_images": 5000}
+    path, baseline = tmp_path / "screen.json", tmp_path / "base.json"
+    path.write_text(json.dumps(screening))
+    baseline.write_text(json.dumps(RUN))
+    for paths, ablations in (([path], ()), ([baseline, path], ()), ([baseline, baseline], [path])):
+        with pytest.raises(ReportError) as caught:
+            render_sections(paths, ablations)
+        assert str(path) in str(caught.value) and "--val-split" in str(caught.value)

@@ -209,6 +209,14 @@ def check_one_setting(record: dict, path: Path) -> None:
         raise ReportError(f"{path} was resumed on other hardware or precision ({described}); report runs made in one setting")
 
 
+def check_test_set_evaluated(record: dict, path: Path) -> None:
+    """ReportError for a run evaluated on a validation split: the README's tables report the test set."""
+    held_out = record["config"].get("val_split")
+    if held_out:
+        raise ReportError(f"{path} was evaluated on a validation split of {held_out:,} training images (--val-split), "
+                          "not on the test set: the Results, Seeds and Ablations tables report test accuracy")
+
+
 def render_sections(paths: list[Path], ablations: list[Path] = ()) -> dict[str, tuple[str, str]]:
     """Section name -> (the command that writes it, its Markdown) for the records at ``paths``: each
     benchmark record its Performance table; one run record the Results table, several the Seeds table;
@@ -219,6 +227,8 @@ def render_sections(paths: list[Path], ablations: list[Path] = ()) -> dict[str, 
     try:
         if ablations:
             variants = {Path(p): load_record(p) for p in ablations}
+            for path, variant in variants.items():
+                check_test_set_evaluated(variant, path)
             source = " ".join(map(str, runs)) + "".join(f" --ablation {p}" for p in variants)
             sections["ablations"] = (source, ablations_table([records[p] for p in runs], [str(p) for p in runs],
                                                              list(variants.values()), [str(p) for p in variants]))
@@ -226,6 +236,8 @@ def render_sections(paths: list[Path], ablations: list[Path] = ()) -> dict[str, 
             sections["performance"] = (str(path), performance_table(records[path]))
         for path in (p for p, r in records.items() if "app_latency" in r):  # the app's response time
             sections["app-latency"] = (str(path), latency_summary(records[path]))
+        for path in runs:
+            check_test_set_evaluated(records[path], path)
         if len(runs) == 1:
             sections["results"] = (str(runs[0]), results_table(records[runs[0]]))
         elif runs and not ablations:  # with ablations the seeds are the baseline of that table alone
