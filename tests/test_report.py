@@ -208,7 +208,32 @@ def test_a_run_evaluated_on_a_validation_split_never_enters_a_test_set_table(tmp
     path, baseline = tmp_path / "screen.json", tmp_path / "base.json"
     path.write_text(json.dumps(screening))
     baseline.write_text(json.dumps(RUN))
-    for paths, ablations in (([path], ()), ([baseline, path], ()), ([baseline, baseline], [path])):
+    for paths, ablations in (([baseline, path], ()), ([path, baseline], ()), ([baseline, baseline], [path])):
         with pytest.raises(ReportError) as caught:
             render_sections(paths, ablations)
         assert str(path) in str(caught.value) and "--val-split" in str(caught.value)
+
+
+def screened(seed: int, acc: float, lr: float, **levers) -> dict:
+    config = {**RUN["config"], "val_split": 5000, "seed": seed, **levers}
+    return {**RUN, "config": config, "seed": seed, "test_acc": acc, "tta_test_acc": acc + 0.5, "lr_max": lr,
+            "train_images": 45000, "test_images": 5000}
+
+
+def test_the_screening_table_groups_variants_by_their_levers_against_the_baseline(tmp_path):
+    records = {"b0": screened(0, 93.0, 0.4), "b1": screened(1, 93.4, 0.45),
+               "all0": screened(0, 93.9, 0.33, frozen_bn_scale=True, bn_bias_lr_factor=64.0, ema_decay=0.99),
+               "all1": screened(1, 94.1, 0.35, frozen_bn_scale=True, bn_bias_lr_factor=64.0, ema_decay=0.99)}
+    paths = []
+    for name, record in records.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(record))
+    [(name, (_, table))] = render_sections(paths).items()
+    assert name == "screening"
+    assert row(table, "baseline (defaults)")[1:5] == ["0, 1", "0.4, 0.45", "93.00%, 93.40%", "93.20%"]
+    bundle = row(table, "frozen_bn_scale: True; bn_bias_lr_factor: 64.0; ema_decay: 0.99")
+    assert bundle[1] == "0, 1" and bundle[4] == "94.00%" and bundle[6] == "+0.80"
+    (tmp_path / "other.json").write_text(json.dumps(screened(2, 93.0, 0.4, label_smoothing=0.1)))
+    with pytest.raises(ReportError) as caught:  # not a lever: another experiment
+        render_sections([*paths, tmp_path / "other.json"])
+    assert "other.json" in str(caught.value) and "label_smoothing" in str(caught.value)

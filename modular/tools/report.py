@@ -179,6 +179,51 @@ def ablations_table(baseline: list[dict], baseline_names: list[str], variants: l
                       "difference from the baseline mean |", "|---|---|---|---|---|---|---|", *rows])
 
 
+# The levers of modular/recipe.py and what their range tests may need: what a screening variant may change
+LEVER_FIELDS = ("whiten_init", "dirac_init", "frozen_bn_scale", "bn_bias_lr_factor", "ema_decay", "ema_every",
+                "logit_scale", "lr_find_end", "lr_find_iters")
+ADOPT_MARGIN = 0.2  # points of validation accuracy over the baseline's mean that a variant must add to be adopted
+
+
+def screening_table(records: list[dict], names: list[str]) -> str:
+    """Runs on one validation split (--val-split), grouped by configuration: the group with every lever
+    at its default is the baseline; one row per group with what it changes, its seeds, LRMAX and
+    validation accuracy per seed, their mean and the difference from the baseline's mean."""
+    base_cfg = Config.from_dict(records[0]["config"]).to_dict()
+    split = {r["config"]["val_split"] for r in records}
+    if len(split) > 1 or len({(r["train_images"], len(r["history"]), r["precision"]) for r in records}) > 1:
+        raise ReportError(f"{', '.join(names)} ran on different validation splits, epochs or precisions: "
+                          "screen variants on one split, for the same epochs, in one precision")
+    groups: dict[str, list[dict]] = {}
+    defaults = Config().to_dict()
+    for record, name in zip(records, names):
+        cfg = Config.from_dict(record["config"]).to_dict()
+        other = [k for k in cfg if k not in RUNTIME_FIELDS | {"seed", *LEVER_FIELDS} and cfg[k] != base_cfg[k]]
+        if other:
+            raise ReportError(f"{name} differs from {names[0]} in {', '.join(other)}: a screening variant changes only "
+                              f"{', '.join(LEVER_FIELDS)}")
+        change = "; ".join(f"{k}: {cfg[k]}" for k in LEVER_FIELDS if cfg[k] != defaults[k]) or "baseline (defaults)"
+        groups.setdefault(change, []).append(record)
+    if "baseline (defaults)" not in groups:
+        raise ReportError("a screening table needs the baseline's runs (every lever at its default) among the records")
+    base_mean = statistics.mean(r["test_acc"] for r in groups["baseline (defaults)"])
+    rows = []
+    for change, runs in sorted(groups.items(), key=lambda item: item[0] != "baseline (defaults)"):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        mean = statistics.mean(r["test_acc"] for r in runs)
+        delta = "" if change == "baseline (defaults)" else f"{mean - base_mean:+.2f}"
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        lrs = ", ".join(f"{r['lr_max']:.3g}" for r in runs)
+        accs = ", ".join(f"{r['test_acc']:.2f}%" for r in runs)
+        tta = statistics.mean(r["tta_test_acc"] for r in runs)
+        rows.append(f"| {change} | {seeds} | {lrs} | {accs} | {mean:.2f}% | {tta:.2f}% | {delta} |")
+    lead = (f"Validation accuracy at epoch {len(records[0]['history'])} on {split.pop():,} held-out training images "
+            f"(--val-split; the test set untouched). A variant is adopted only if its mean beats the baseline's by "
+            f"{ADOPT_MARGIN} points or more.")
+    return "\n".join([lead, "", "| variant | seeds | LRMAX | validation accuracy | mean | flip TTA mean | difference |",
+                      "|---|---|---|---|---|---|---|", *rows])
+
+
 def performance_table(bench: dict) -> str:
     """A Markdown table of a benchmark record."""
     from modular.tools.bench import bench_rows
@@ -236,6 +281,11 @@ def render_sections(paths: list[Path], ablations: list[Path] = ()) -> dict[str, 
             sections["performance"] = (str(path), performance_table(records[path]))
         for path in (p for p, r in records.items() if "app_latency" in r):  # the app's response time
             sections["app-latency"] = (str(path), latency_summary(records[path]))
+        screening = [p for p in runs if records[p]["config"].get("val_split")]
+        if screening and len(screening) == len(runs) and not ablations:
+            sections["screening"] = (" ".join(map(str, runs)), screening_table([records[p] for p in runs],
+                                                                              [str(p) for p in runs]))
+            return sections
         for path in runs:
             check_test_set_evaluated(records[path], path)
         if len(runs) == 1:
