@@ -3,6 +3,6 @@ transforms, the LR range test, the OneCycle schedule, the Learner (training and 
 ``modular.tools`` holds what is built around it (the command line, records, the weights, Grad-CAM, the
 app, the notebook's settings, synthetic data) and is never imported from here.
 
-Importing the core changes one environment variable only: modular/transforms.py sets
-NO_ALBUMENTATIONS_UPDATE=1 (when unset) for its own import of albumentations.
+Importing the core leaves the environment as it was (modular/transforms.py sets albumentations' switch
+against its PyPI check for that import alone).
 """

@@ -13,15 +13,19 @@ import os
 import random
 from collections.abc import Sequence
 
-# albumentations asks PyPI for a newer version when it is imported, unless this is set: offline that import
-# waits for the network and warns. Its only switch is this variable, read at import, so the core sets it (and
-# no other): kept in the environment, DataLoader workers and child processes import it quietly too.
+# albumentations asks PyPI for a newer version when it is imported, unless NO_ALBUMENTATIONS_UPDATE says not
+# to: offline that import waits for the network and warns. The variable is its only switch, read once at import,
+# so it is set for that import alone and the environment left as it was.
+_SWITCH_GIVEN = "NO_ALBUMENTATIONS_UPDATE" in os.environ
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
 import albumentations as A  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
+
+if not _SWITCH_GIVEN:
+    del os.environ["NO_ALBUMENTATIONS_UPDATE"]
+
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 
 def train_transforms(mean: Sequence[float], std: Sequence[float], cutout_p: float = 1.0,
