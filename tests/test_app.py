@@ -328,7 +328,7 @@ def test_the_app_command_serves_on_127_0_0_1_until_ctrl_c_even_behind_a_proxy():
     proc = start_cli(["app", "--port", port], env=cli_env())
     try:
         line = proc.stdout.readline()
-        assert line.strip() == f"the app is at http://127.0.0.1:{port}/ (Ctrl-C stops it)", line + proc.stderr.read()
+        assert f"http://127.0.0.1:{port}/" in line and "Ctrl-C" in line, line + proc.stderr.read()  # where, how to stop
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         assert opener.open(f"http://127.0.0.1:{port}/", timeout=60).status == 200
     finally:
@@ -351,7 +351,8 @@ def test_no_gradio_or_a_busy_port_is_one_line_saying_what_to_do(monkeypatch, cap
     assert err.strip().endswith("pass another --port") and len(err.strip().splitlines()) == 1, err
     monkeypatch.setitem(sys.modules, "gradio", None)   # as if it were not installed
     code, out, err = cli_main(["app"], capsys)
-    assert code == 1 and err.strip() == "error: the app needs Gradio: pip install -r requirements-app.txt"
+    assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert "pip install -r requirements-app.txt" in err  # the command that fixes it
 
 
 def test_app_latency_writes_a_record_the_readme_section_is_made_from(tmp_path, capsys):

@@ -121,7 +121,7 @@ def test_resume_without_a_checkpoint_says_it_starts_a_new_run(tmp_path):
                  device="cpu", precision="fp32")
     log: list[str] = []
     train(cfg, resume=True, log=log.append)
-    assert log[0] == f"--resume: no checkpoint in {tmp_path / 'out'}, so this starts a new run"
+    assert str(tmp_path / "out") in log[0] and "new run" in log[0], log[0]  # the folder, and what happens instead
     assert torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
@@ -131,5 +131,6 @@ def test_a_finished_run_is_shown_as_finished_not_resumed(run, tmp_path):
     shutil.copy(run.checkpoint, out / "checkpoint.pt")
     log: list[str] = []
     train(run.cfg.replace(output_dir=str(out)), resume=True, log=log.append)
-    assert f"{out / 'checkpoint.pt'} holds a finished run (2 of 2 epochs): nothing left to train; its epochs:" in log
+    [said] = [line for line in log if str(out / "checkpoint.pt") in line]
+    assert "2 of 2 epochs" in said and "nothing left to train" in said, said
     assert not [line for line in log if line.startswith("resuming")]
