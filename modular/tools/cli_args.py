@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modular.config import DEVICES, LR_RULES, MAX_WORKERS, OPTIMIZERS, PRECISIONS, Config
+from modular.config import DEVICES, LR_RULES, OPTIMIZERS, PRECISIONS, Config
 from modular.tools import SHIPPED_WEIGHTS
 
-DEFAULT_WORKERS = f"0 on the CPU, min({MAX_WORKERS}, CPU cores) on a GPU"  # loaders.default_workers in words
+DEFAULT_WORKERS = "0 on the CPU; on a GPU, the usable CPU cores less one, at least 1"  # loaders.default_workers in words
 
 
 def _positive_int(text: str) -> int:
