@@ -198,7 +198,7 @@ def cmd_bench(args) -> int:
     from modular.tools.bench import run_benchmark
 
     run_benchmark(Path(args.output_dir), batch_size=args.batch_size, device=args.device, repeats=args.repeats,
-                  include_compile=args.compile)
+                  include_compile=args.compile, min_seconds=args.min_seconds)
     return 0
 
 

@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=_positive_int, default=Config.batch_size, help="images per step")
     bench.add_argument("--device", choices=DEVICES, default=Config.device, help="auto: CUDA, then MPS, then the CPU")
     bench.add_argument("--repeats", type=_positive_int, default=5, help="interleaved repeats; medians are reported")
+    bench.add_argument("--min-seconds", type=_positive_float, default=1.0, help="each timed sample runs at least this "
+                       "long: as many steps (or images) as that takes on this device")
     bench.add_argument("--compile", action="store_true", help="also measure torch.compile")
 
     report = commands.add_parser("report", help="README tables from run or benchmark records")
