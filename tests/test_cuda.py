@@ -25,7 +25,8 @@ from modular.learner import READ_EVERY, Learner, build_criterion, build_optimize
 from modular.loaders import make_loaders
 from modular.schedule import one_cycle
 from modular.tools.synthetic import synthetic_cifar10
-from modular.transforms import test_transforms, train_transforms
+from modular.transforms import test_transforms as make_test_transforms
+from modular.transforms import train_transforms
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (tools/gpu_check.sh runs "
                                 "these on one)")
@@ -121,7 +122,7 @@ def test_the_check_above_sees_fused_sgds_own_uninitialised_buffers(deterministic
 def test_a_training_batch_arrives_pinned_in_channels_last_and_reaches_the_gpu_in_one_copy(workers):
     runtime = select_runtime("cuda")
     data = synthetic_cifar10(n_train=128, n_test=20, seed=0)
-    train, _ = make_loaders(data, train_transforms(*STATS), test_transforms(*STATS),
+    train, _ = make_loaders(data, train_transforms(*STATS), make_test_transforms(*STATS),
                             Config(batch_size=32, workers=workers), runtime)
     images, labels = next(iter(train))
     assert images.is_pinned() and labels.is_pinned()
