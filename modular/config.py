@@ -38,7 +38,6 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32")
 MAX_SEED = 2**32 - 1  # numpy's seed range; a negative seed ends in a numpy traceback otherwise
 
-MAX_WORKERS = 4  # DataLoader workers on an accelerator: one per CPU core, at most this many (loaders.default_workers)
 
 # Fields that describe where or how fast a run happens, not what it computes: a checkpoint
 # may be resumed with different values of these.

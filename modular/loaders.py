@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from modular.config import MAX_WORKERS, Config
+from modular.config import Config
 from modular.data import CifarData
 from modular.device import Runtime
 from modular.robust import guard_workers
@@ -67,12 +69,26 @@ class EpochSampler(Sampler[int]):
         return iter((self.epoch * self.n + order).tolist())
 
 
+def usable_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The CPUs this process may use: those its affinity allows (taskset, a container's or Slurm's
+    cpuset; all of them where the OS has no affinity), fewer under a cgroup v2 CPU quota (``docker
+    --cpus``), which ``cpu_max`` holds as "quota period". ``os.cpu_count()`` counts the machine's."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+    except (OSError, ValueError):  # no cgroup v2 (macOS, Windows, older Linux)
+        return cpus
+    return cpus if quota == "max" else max(1, min(cpus, math.ceil(int(quota) / int(period))))
+
+
 def default_workers(device: torch.device) -> int:
-    """0 on the CPU (the pipeline takes a small share of a CPU training step's time, and a worker
-    process would take a core from it); on accelerators one per CPU core, at most MAX_WORKERS."""
+    """DataLoader worker processes: 0 on the CPU (the pipeline takes a small share of a CPU training
+    step's time, and a worker process would take a core from it); on a GPU every usable CPU but one,
+    which the main process keeps for driving the GPU, and at least 1 (Colab's 2 vCPUs: 1 worker; a
+    16-core machine: 15, since there the data pipeline, not the GPU, sets the pace)."""
     if device.type == "cpu":
         return 0
-    return min(MAX_WORKERS, os.cpu_count() or 1)
+    return max(1, usable_cpus() - 1)
 
 
 class Collate:
@@ -98,10 +114,13 @@ def make_loaders(data: CifarData, train_transform, test_transform, cfg: Config,
     run's layout into pinned memory where the device is a GPU."""
     workers = default_workers(runtime.device) if cfg.workers is None else cfg.workers
     common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=runtime.pin_memory,
-                  persistent_workers=workers > 0, collate_fn=Collate(runtime.memory_format))
+                  collate_fn=Collate(runtime.memory_format))
     train_set = CifarDataset(data.train_images, data.train_labels, train_transform, cfg.seed)
     test_set = CifarDataset(data.test_images, data.test_labels, test_transform, cfg.seed)
-    train_loader = DataLoader(train_set, sampler=EpochSampler(len(train_set), True, cfg.seed), **common)
+    # the training loader's workers live through the run (no restart each epoch); the test loader's
+    # start for each evaluation and end with it, so none sit idle beside training on a small machine
+    train_loader = DataLoader(train_set, sampler=EpochSampler(len(train_set), True, cfg.seed),
+                              persistent_workers=workers > 0, **common)
     test_loader = DataLoader(test_set, sampler=EpochSampler(len(test_set), False), **common)
     return guard_workers(train_loader), guard_workers(test_loader)
 

@@ -80,21 +80,40 @@ def test_train_help_lists_the_documented_flags(results):
         assert flag in text, flag
 
 
-def test_the_workers_help_says_what_the_default_does(monkeypatch, capsys):
+def test_the_workers_help_says_what_the_default_does(monkeypatch, capsys, tmp_path):
+    """On a GPU every usable core but one, at least 1, with no cap (a 16-core machine gets 15); the
+    usable cores are the affinity mask's, not os.cpu_count()'s (Colab, containers, Slurm)."""
     import os
 
     import torch
 
-    from modular.config import MAX_WORKERS
-    from modular.loaders import default_workers
+    from modular import loaders
+    from modular.tools.cli_args import DEFAULT_WORKERS
 
-    for cores in (1, 2, 3, 16):
-        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
-        assert default_workers(torch.device("cuda")) == min(MAX_WORKERS, cores)
-        assert default_workers(torch.device("cpu")) == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine's count: must not be used
+    monkeypatch.setattr(loaders, "usable_cpus", lambda usable=loaders.usable_cpus: usable(str(tmp_path / "no-cgroup")))
+    for cores, workers in ((1, 1), (2, 1), (3, 2), (16, 15)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: set(range(cores)), raising=False)
+        assert loaders.default_workers(torch.device("cuda")) == workers
+        assert loaders.default_workers(torch.device("cpu")) == 0
     for command in ("train", "lr-find"):
         out = " ".join(cli_main([command, "--help"], capsys)[1].split())
-        assert f"--workers WORKERS DataLoader workers (default: 0 on the CPU, min({MAX_WORKERS}, CPU cores) on a GPU)" in out
+        assert f"--workers WORKERS DataLoader workers (default: {DEFAULT_WORKERS})" in out
+    assert "at least 1" in DEFAULT_WORKERS and "less one" in DEFAULT_WORKERS and "usable" in DEFAULT_WORKERS
+
+
+@pytest.mark.parametrize("cpu_max, usable", [("max 100000\n", 8), ("200000 100000\n", 2), ("150000 100000\n", 2),
+                                             ("50000 100000\n", 1), ("2000000 100000\n", 8), ("garbled", 8)])
+def test_a_cgroup_cpu_quota_lowers_the_usable_cores(monkeypatch, tmp_path, cpu_max, usable):
+    """docker --cpus 2 on an 8-core host: the affinity mask still shows 8 cores, cgroup v2's cpu.max says 2."""
+    import os
+
+    from modular.loaders import usable_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    assert usable_cpus(str(tmp_path / "cpu.max")) == usable
+    assert usable_cpus(str(tmp_path / "missing")) == 8
 
 
 @pytest.mark.parametrize("command", ["train", "lr-find"])

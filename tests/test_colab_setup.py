@@ -1,5 +1,6 @@
 """The notebook's Colab setup cell: one repository address, and a cell that survives being run again
-(in the same kernel, and after a runtime restart with the clone already there)."""
+(in the same kernel, and after a runtime restart with the clone already there); the Google Drive cell: off by
+default, nothing outside Colab, and in Colab the run folder on Drive before the configuration reads it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import helpers  # noqa: F401  (environment and sys.path)
+import pytest
 from helpers import ROOT
 
 NOTEBOOK = ROOT / "era_s10_cifar.ipynb"
@@ -78,3 +81,52 @@ def test_the_setup_cell_runs_twice_and_again_after_a_restart(tmp_path):
         assert f"first {clone} {clone / 'modular' / '__init__.py'}" in done.stdout, shown
         assert f"second {clone}" in done.stdout, shown
     assert pip_freeze() == before
+
+
+def drive_cell() -> str:
+    (cell,) = [c for c in cells("code") if "USE_DRIVE = " in c]
+    return cell
+
+
+def test_the_drive_cell_comes_before_the_configuration_and_is_off_by_default():
+    code = cells("code")
+    reads = [i for i, c in enumerate(code) if 'os.environ.get("ERA_OUTPUT_DIR")' in c]
+    assert len(reads) == 1 and "output_dir=os.environ.get(\"ERA_OUTPUT_DIR\")" in code[reads[0]]
+    assert code.index(setup_cell()) < code.index(drive_cell()) < reads[0]
+    assert drive_cell().startswith("USE_DRIVE = False")
+    assert "from google.colab import drive" not in "\n".join(cells("markdown"))  # the snippet became the cell
+
+
+def run_drive_cell(use_drive: bool) -> dict:
+    namespace = {"os": os, "sys": sys}
+    exec(drive_cell().replace("USE_DRIVE = False", f"USE_DRIVE = {use_drive}", 1), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("use_drive", [False, True])
+def test_the_drive_cell_does_nothing_outside_colab(use_drive, monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.delenv("ERA_OUTPUT_DIR", raising=False)
+    before = dict(os.environ)
+    run_drive_cell(use_drive)
+    assert dict(os.environ) == before and "google.colab" not in sys.modules
+
+
+@pytest.mark.parametrize("use_drive", [False, True])
+def test_in_colab_the_flag_mounts_drive_and_points_the_run_folder_there(use_drive, monkeypatch, tmp_path):
+    from modular.tools.notebook import notebook_config
+
+    mounted = []
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=mounted.append)
+    monkeypatch.setitem(sys.modules, "google", sys.modules.get("google") or types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.delenv("ERA_OUTPUT_DIR", raising=False)
+    run_drive_cell(use_drive)
+    if use_drive:
+        assert mounted == ["/content/drive"]
+        out = os.environ["ERA_OUTPUT_DIR"]
+        assert out.startswith("/content/drive/MyDrive/")
+        assert notebook_config(quick=False, workdir=tmp_path, output_dir=os.environ.get("ERA_OUTPUT_DIR")).output_dir == out
+    else:
+        assert mounted == [] and "ERA_OUTPUT_DIR" not in os.environ

@@ -404,6 +404,24 @@ def test_batches_do_not_depend_on_workers(loaders):
         del parallel, parallel_test  # shut the persistent workers down
 
 
+def test_only_the_training_loader_keeps_its_workers_between_passes(loaders):
+    """The training loader's workers live through the run; the test loader's start for each evaluation and
+    end with it, so they do not sit beside training holding memory on a 2-vCPU Colab machine. Its batches
+    are the same on every pass."""
+    data = synthetic_cifar10(n_train=40, n_test=20, seed=5)
+    train, test = loaders(workers=2, batch_size=8, data=data)
+    try:
+        passes = []
+        for loader in (train, test, test):
+            batches = iter(loader)
+            passes.append([x for x, _ in batches])
+            alive = [worker.is_alive() for worker in batches._workers]
+            assert len(alive) == 2 and all(alive) == (loader is train), (loader is train, alive)
+        assert all(torch.equal(a, b) for a, b in zip(passes[1], passes[2], strict=True))
+    finally:
+        del train, test
+
+
 WORKERS_AT_EXIT = """
 import os, signal
 import torch

@@ -1,6 +1,6 @@
 """The CUDA path, tested on the CPU: precision by compute capability (CUDA queries mocked), no host
 read per training step (``learner.train_one_epoch``) on the fp16 path, a fused SGD that survives GradScaler's skipped first steps,
-and one copy per batch."""
+and one copy per batch. The same on a real GPU, skipped without one: tests/test_cuda.py."""
 
 from __future__ import annotations
 

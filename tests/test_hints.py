@@ -134,3 +134,60 @@ def test_a_finished_run_is_shown_as_finished_not_resumed(run, tmp_path):
     [said] = [line for line in log if str(out / "checkpoint.pt") in line]
     assert "2 of 2 epochs" in said and "nothing left to train" in said, said
     assert not [line for line in log if line.startswith("resuming")]
+
+
+# --------------------------------------------------------------------------------------------
+# A file that is not what its flag takes: each message names the file, the cause in words, and the fix of the
+# command it came from (a newcomer's first hour)
+# --------------------------------------------------------------------------------------------
+
+def test_predict_with_a_truncated_checkpoint_names_its_own_flags_not_start_over(run, image, weights_file, tmp_path,
+                                                                                capsys):
+    truncated = tmp_path / "checkpoint.pt"
+    truncated.write_bytes(run.checkpoint.read_bytes()[:100_000])
+    err = one_line_error(*cli_main(["predict", image, "--checkpoint", truncated], capsys))
+    assert str(truncated) in err and "truncated" in err and "--checkpoint" in err and "--weights" in err
+    assert "start over" not in err and "--output-dir" not in err and "zip" not in err  # not train's fix, not torch's words
+    for flag, path in (("--checkpoint", run.checkpoint), ("--weights", weights_file)):  # what it says works
+        code, out, err = cli_main(["predict", image, flag, path], capsys)
+        assert code == 0 and out.startswith(f"{image}: "), err
+
+
+@pytest.fixture
+def png(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "notes.png"
+    Image.new("RGB", (40, 30), "white").save(path)
+    return path
+
+
+def test_an_image_given_as_weights_is_called_an_image_and_predict_says_how_to_classify_it(run, png, capsys):
+    from helpers import ROOT
+
+    from modular.tools import SHIPPED_WEIGHTS
+
+    err = one_line_error(*cli_main(["predict", png, "--weights", png], capsys))
+    assert str(png) in err and "PNG image" in err and "not a weights file" in err
+    assert "Error" not in err.removeprefix("error: ") and "export-weights" in err and f"--output {png}" not in err
+    assert err.endswith(f"python -m modular predict {png}")
+    code, out, err = cli_main(["predict", png], capsys)      # what it says works (the shipped weights)
+    assert code == 0 and out.startswith(f"{png}: "), err
+    err = one_line_error(*cli_main(["evaluate", "--weights", png, "--data-dir", run.tree], capsys))
+    assert "PNG image" in err and SHIPPED_WEIGHTS in err and f"--output {png}" not in err and "predict" not in err
+    assert (ROOT / SHIPPED_WEIGHTS).is_file()
+    err = one_line_error(*cli_main(["evaluate", "--checkpoint", png], capsys))
+    assert "PNG image" in err and "not a training checkpoint" in err and "truncated" not in err
+
+
+def test_evaluate_with_a_truncated_weights_file_says_so_and_how_to_export_it_again(run, weights_file, tmp_path, capsys):
+    damaged = tmp_path / "w.pt"
+    damaged.write_bytes(weights_file.read_bytes()[:100_000])
+    err = one_line_error(*cli_main(["evaluate", "--weights", damaged, "--data-dir", run.tree], capsys))
+    assert str(damaged) in err and "truncated" in err and "(RuntimeError)" not in err and "zip" not in err
+    export = f"python -m modular export-weights --checkpoint <run folder>/checkpoint.pt --output {damaged}"
+    assert export in err
+    code, _, err = cli_main(["export-weights", "--checkpoint", run.checkpoint, "--output", damaged], capsys)  # it works
+    assert code == 0, err
+    code, out, err = cli_main(["evaluate", "--weights", damaged, "--data-dir", run.tree], capsys)
+    assert code == 0 and "test accuracy" in out, err

@@ -156,3 +156,31 @@ def test_the_saved_notebook_is_small_and_keeps_no_progress_lines():
     progress = re.compile(r"^.+: \d+/\d+ \w+ \(\d+%\)", re.M)
     cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
     assert not [text for cell in cells for _, text in output_texts(cell) if progress.search(text)]
+
+
+def test_a_cpu_only_runtime_is_told_the_hours_from_the_records_and_how_to_switch(tmp_path):
+    """The figures are computed from the committed records (here stand-ins with round numbers), scaled by the
+    benchmark's bf16/fp32 ratio on a CPU without bf16; the line names Colab's menu for a GPU."""
+    from modular.device import Runtime
+
+    for name, seconds in zip(notebook.CPU_RUNS, (3600, 5400, 7200)):
+        (tmp_path / name).write_text(json.dumps({"wall_seconds": seconds}))
+    (tmp_path / notebook.CPU_BENCH).write_text(json.dumps({"hardware": "Some CPU (2 threads)", "train_images_per_s": 300.0,
+                                                            "fp32_channels_last_train_images_per_s": 100.0}))
+    bf16 = notebook.cpu_time_to_expect(Runtime(torch.device("cpu"), torch.bfloat16, True), tmp_path)
+    fp32 = notebook.cpu_time_to_expect(Runtime(torch.device("cpu"), None, True), tmp_path)
+    for line in (bf16, fp32):
+        assert "\n" not in line and "1.00-2.00 h on Some CPU (2 threads) in bf16" in line
+        assert "Runtime > Change runtime type" in line
+    assert "3.0x slower" in fp32 and "about 3.0-6.0 h" in fp32 and "slower" not in bf16
+    shipped = notebook.cpu_time_to_expect(Runtime(torch.device("cpu"), None, True))  # the committed records
+    hours = [json.loads((ROOT / "results" / name).read_text())["wall_seconds"] / 3600 for name in notebook.CPU_RUNS]
+    assert f"{min(hours):.2f}-{max(hours):.2f} h" in shipped
+
+
+def test_the_learner_cell_says_it_before_training_on_a_cpu_only():
+    cells = code_cells()
+    (learner_cell,) = [cell for cell in cells if "Learner(cfg, data, start)" in cell]
+    assert 'if learner.runtime.device.type == "cpu" and not (USE_WEIGHTS or QUICK):\n    print(cpu_time_to_expect(' \
+        in learner_cell
+    assert cells.index(learner_cell) < min(i for i, cell in enumerate(cells) if "learner.lr_find()" in cell)

@@ -173,3 +173,52 @@ def test_the_committed_official_records_name_the_class_sorted_tree():
     jpeg = json.loads((root / "jpeg-seed0.json").read_text())["test_set"]  # the lossy copy: other pixels
     assert jpeg["kind"] == "image tree in a .tar.gz" and jpeg["images"] == 10000 \
         and {json.dumps(jpeg, sort_keys=True)} != identities
+
+
+def test_the_content_digest_is_one_whatever_the_order_and_tells_other_images_apart(sources, cifar10_no_md5):
+    """The official test set is recognised in torchvision's order and in a class-sorted tree alike; one pixel
+    changed (as a lossy copy changes many) or a sample of it is another test set."""
+    from modular.tools.testset import content_digest
+
+    datasets = [load_cifar10(path) for path in sources.values()]
+    assert len({content_digest(data) for data in datasets}) == 1
+    assert len({TestSetIdentity.of(data).sha256 for data in datasets}) == 3
+    changed = datasets[0].test_images.copy()
+    changed[0, 0, 0, 0] ^= 1
+    assert content_digest(replace(datasets[0], test_images=changed)) != content_digest(datasets[0])
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_evaluate_says_in_one_line_when_the_test_set_is_not_the_official_one(official, sources, weights, monkeypatch,
+                                                                              capsys, cifar10_no_md5):
+    """On other images (here synthetic ones) evaluate says that its accuracy does not compare with the official
+    test set's; on the official test set (stood in for by these images' digest) it says nothing of the kind."""
+    from modular.tools import testset
+
+    if official:
+        monkeypatch.setattr(testset, "OFFICIAL_TEST_CONTENT", testset.content_digest(load_cifar10(sources["interleaved"])))
+    code, out, err = cli_main(["evaluate", "--weights", weights, "--data-dir", sources["sorted"]], capsys)
+    assert code == 0 and "test accuracy" in out, err
+    notes = [line for line in out.splitlines() if "official" in line]
+    if official:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and "not the official CIFAR-10 test set (30 images, not the official 10,000)" in notes[0]
+
+
+def test_the_official_digest_is_the_headline_runs_test_set():
+    """OFFICIAL_TEST_CONTENT was computed from the image tree whose identity results/headline.json names (the
+    official pixels, ../shared/data/get-cifar10-official); with that tree at hand (CIFAR10_OFFICIAL_DIR) this
+    computes it again."""
+    import os
+
+    from modular.tools.testset import OFFICIAL_TEST_CONTENT, content_digest, unofficial_test_set_note
+
+    headline = json.loads((ROOT / "results" / "headline.json").read_text())
+    assert headline["test_set"]["images"] == 10_000 and len(OFFICIAL_TEST_CONTENT) == 64
+    folder = os.environ.get("CIFAR10_OFFICIAL_DIR")
+    if not folder:
+        pytest.skip("set CIFAR10_OFFICIAL_DIR to the official image tree to check the digest against it")
+    data = load_cifar10(folder)
+    assert TestSetIdentity.of(data).sha256 == headline["test_set"]["sha256"]
+    assert content_digest(data) == OFFICIAL_TEST_CONTENT and unofficial_test_set_note(data) is None

@@ -102,7 +102,7 @@ def test_predict_prints_top3_per_image_and_one_line_per_bad_file(exported, image
     for line in lines:
         assert len(line.split(": ", 1)[1].split(", ")) == 3 and line.count("%") == 3
     assert "resized" not in lines[0] and lines[1].endswith("(centre-cropped from 160x96 to 96x96; resized from 96x96 to 32x32)")
-    errors = err.strip().splitlines()
+    errors = [line for line in err.strip().splitlines() if not line.startswith("note: ")]  # the note: its own test
     assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
     assert str(broken) in errors[0] and "not a readable image" in errors[0]
     assert str(missing) in errors[1] and "no such file" in errors[1]
@@ -172,3 +172,15 @@ def test_export_refuses_a_checkpoint_without_the_runs_statistics(tmp_path, expor
     stripped = save_atomic(state, tmp_path / "stripped.pt")
     with pytest.raises(CheckpointError, match="lacks the run's mean and std"):
         export_weights(stripped, tmp_path / "w.pt", list(CIFAR10_CLASSES))
+
+
+def test_predict_says_in_one_line_when_the_weights_were_not_trained_on_the_official_images(exported, images, capsys):
+    """Weights trained on other images (here synthetic ones; a subset or the JPEG copy alike) get a note on stderr,
+    naming the file and the official statistics; the shipped weights, trained on the official pixels, none."""
+    small = images[0]
+    code, out, err = cli_main(["predict", small, "--weights", exported[2]], capsys)
+    assert code == 0 and out.startswith(f"{small}: ")
+    (note,) = err.strip().splitlines()
+    assert note.startswith(f"note: {exported[2]} was not trained on the official CIFAR-10 training set") and "0.4914" in note
+    code, out, err = cli_main(["predict", small], capsys)
+    assert code == 0 and out.startswith(f"{small}: ") and err == ""

@@ -79,6 +79,7 @@ def cmd_lr_find(args, cfg: Config) -> int:
 
 def cmd_evaluate(args) -> int:
     from modular.tools.inference import load_for_evaluation
+    from modular.tools.testset import unofficial_test_set_note
 
     if args.record and not args.weights:
         args.command_parser.error("--record goes with --weights: it notes what a run's exported weights file reaches "
@@ -89,6 +90,8 @@ def cmd_evaluate(args) -> int:
         check_record_test_set(args.record, learner.data)
     print(f"{loaded.description}\ndata: {learner.data.source}: {len(learner.data.test_labels):,} test images; "
           f"device: {learner.runtime.describe()}", flush=True)
+    if note := unofficial_test_set_note(learner.data):
+        print(note, flush=True)
     result = learner.evaluate()
     print(f"test accuracy {result.test_acc:.2f}%  loss {result.test_loss:.4f}  cross-entropy {result.test_ce:.4f}  "
           f"flip TTA {result.tta_test_acc:.2f}%")
@@ -103,10 +106,18 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from modular.tools.predict import ImageError, predict_files
-    from modular.tools.weights import SHIPPED, load_checkpoint_model, load_weights
+    from modular.tools.predict import ImageError, predict_files, unofficial_training_note
+    from modular.tools.weights import SHIPPED, WeightsError, image_kind, load_checkpoint_model, load_weights
 
-    trained = load_checkpoint_model(args.checkpoint) if args.checkpoint else load_weights(args.weights or SHIPPED)
+    try:
+        trained = load_checkpoint_model(args.checkpoint) if args.checkpoint else load_weights(args.weights or SHIPPED)
+    except WeightsError as error:
+        if args.weights and image_kind(args.weights):  # meant as an image to classify
+            raise WeightsError(f"{error}; to classify {args.weights}, name it without --weights: "
+                               f"python -m modular predict {args.weights}") from None
+        raise
+    if note := unofficial_training_note(trained):
+        print(note, file=sys.stderr)
     failed = 0
     for outcome in predict_files(trained, args.images):
         if isinstance(outcome, ImageError):
@@ -198,7 +209,7 @@ def cmd_bench(args) -> int:
     from modular.tools.bench import run_benchmark
 
     run_benchmark(Path(args.output_dir), batch_size=args.batch_size, device=args.device, repeats=args.repeats,
-                  include_compile=args.compile)
+                  include_compile=args.compile, min_seconds=args.min_seconds)
     return 0
 
 

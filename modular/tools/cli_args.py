@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modular.config import DEVICES, LR_RULES, MAX_WORKERS, OPTIMIZERS, PRECISIONS, Config
+from modular.config import DEVICES, LR_RULES, OPTIMIZERS, PRECISIONS, Config
 from modular.tools import SHIPPED_WEIGHTS
 
-DEFAULT_WORKERS = f"0 on the CPU, min({MAX_WORKERS}, CPU cores) on a GPU"  # loaders.default_workers in words
+DEFAULT_WORKERS = "0 on the CPU; on a GPU, the usable CPU cores less one, at least 1"  # loaders.default_workers in words
 
 
 def _positive_int(text: str) -> int:
@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=_positive_int, default=Config.batch_size, help="images per step")
     bench.add_argument("--device", choices=DEVICES, default=Config.device, help="auto: CUDA, then MPS, then the CPU")
     bench.add_argument("--repeats", type=_positive_int, default=5, help="interleaved repeats; medians are reported")
+    bench.add_argument("--min-seconds", type=_positive_float, default=1.0, help="each timed sample runs at least this "
+                       "long: as many steps (or images) as that takes on this device")
     bench.add_argument("--compile", action="store_true", help="also measure torch.compile")
 
     report = commands.add_parser("report", help="README tables from run or benchmark records")

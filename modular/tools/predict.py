@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import torch
 
 from modular.tools.images import ImageError, read_image
+from modular.tools.report import OFFICIAL_MEAN, OFFICIAL_STD
 from modular.tools.weights import TrainedModel
 from modular.transforms import test_transforms
 
-__all__ = ["ImageError", "Prediction", "predict_files"]
+__all__ = ["ImageError", "Prediction", "predict_files", "unofficial_training_note"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,17 @@ class Prediction:
     def __str__(self) -> str:
         ranked = ", ".join(f"{name} {100 * p:.1f}%" for name, p in self.top)
         return f"{self.path}: {ranked}" + (f" ({'; '.join(self.steps)})" if self.steps else "")
+
+
+def unofficial_training_note(trained: TrainedModel) -> str | None:
+    """One line when ``trained`` was not trained on the official CIFAR-10 training set (None when it was), told
+    by the channel statistics its inputs are normalized with: a subset or a lossy copy (JPEG) has others."""
+    if ([round(x, 4) for x in trained.mean], [round(x, 4) for x in trained.std]) == (list(OFFICIAL_MEAN), list(OFFICIAL_STD)):
+        return None
+    mean = ", ".join(f"{x:.4f}" for x in trained.mean)
+    return (f"note: {trained.source} was not trained on the official CIFAR-10 training set (its channel mean {mean}, "
+            f"the official {', '.join(f'{x:.4f}' for x in OFFICIAL_MEAN)}): a subset, a lossy copy such as JPEG, or "
+            "other images")
 
 
 @torch.no_grad()

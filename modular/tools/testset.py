@@ -12,6 +12,12 @@ import numpy as np
 
 from modular.data import CifarData
 
+# The official CIFAR-10 test set in any order (torchvision's batches, or a lossless image tree of them such as
+# ../shared/data/get-cifar10-official writes): ``content_digest`` of its 10,000 images, computed from that tree,
+# whose TestSetIdentity is the one results/headline.json names (sha256 e4ade4b5dd77...).
+OFFICIAL_TEST_CONTENT = "ce4775a95237188f8c1aedb1e4b0eafb2d035ce044f0697c6ae769638cc626e5"
+OFFICIAL_TEST_IMAGES = 10_000
+
 
 class TestSetError(RuntimeError):
     """A record and a test set that do not belong together; the message says which --data-dir to pass."""
@@ -57,3 +63,24 @@ def check_test_set(record: dict, name: str, data: CifarData) -> None:
         raise TestSetError(f"{name} ran on another test set ({recorded}) than this one ({here}), so its indices point "
                            f"at other images; pass --data-dir with the test set the run used (its record says: "
                            f"{record.get('data_source', 'unknown')})")
+
+
+def content_digest(data: CifarData) -> str:
+    """The test set's images with their labels, whatever their order: the sha256 of each (label, image) pair's
+    sha256, sorted (so torchvision's interleaved batches and a class-sorted image tree of them agree)."""
+    labels = np.ascontiguousarray(data.test_labels, dtype=np.int64)
+    images = np.ascontiguousarray(data.test_images, dtype=np.uint8)
+    pairs = sorted(hashlib.sha256(label.tobytes() + image.tobytes()).digest() for label, image in zip(labels, images))
+    return hashlib.sha256(b"".join(pairs)).hexdigest()
+
+
+def unofficial_test_set_note(data: CifarData) -> str | None:
+    """One line when ``data``'s test set is not the official CIFAR-10 test set (None when it is): a sample of
+    it, a lossy copy (the JPEG copy's pixels differ) or other images score otherwise than on the official one."""
+    if content_digest(data) == OFFICIAL_TEST_CONTENT:
+        return None
+    n = len(data.test_labels)
+    what = (f"{n:,} images, not the official {OFFICIAL_TEST_IMAGES:,}" if n != OFFICIAL_TEST_IMAGES
+            else f"{n:,} images, but not the official pixels: a lossy copy such as JPEG, or other images")
+    return (f"note: this is not the official CIFAR-10 test set ({what}), so its accuracy does not compare with "
+            "accuracies on the official one")

@@ -90,6 +90,33 @@ def restore_hint(path: str | os.PathLike) -> str:
     return f"export it again: python -m modular export-weights --checkpoint <run folder>/checkpoint.pt --output {path}"
 
 
+IMAGE_SIGNATURES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+                    b"BM": "a BMP image", b"RIFF": "a WebP image"}
+TORCH_SIGNATURES = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive, and its older pickle format
+
+
+def image_kind(path: str | os.PathLike) -> str | None:
+    """"a PNG image" (JPEG, ...) when the file at ``path`` starts as one, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    return next((kind for signature, kind in IMAGE_SIGNATURES.items() if head.startswith(signature)), None)
+
+
+def not_a_torch_file(path: str | os.PathLike, what: str) -> str | None:
+    """"<path> is a PNG image, not a <what>" (or "... is no <what>, nor any file torch.save writes") when
+    torch.save did not write the file at ``path``; None when it starts as a torch file (one torch.load then
+    refused: truncated or damaged) or is empty."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head or head.startswith(TORCH_SIGNATURES):
+        return None
+    kind = image_kind(path)
+    return f"{path} is {kind}, not a {what}" if kind else f"{path} is no {what}, nor any file torch.save writes"
+
+
 def load_weights(path: str | os.PathLike = SHIPPED) -> TrainedModel:
     """The model stored at ``path`` (fp16 on disk, fp32 in memory), ready for inference."""
     path = Path(path)
@@ -100,8 +127,13 @@ def load_weights(path: str | os.PathLike = SHIPPED) -> TrainedModel:
                            f"(the repository ships {SHIPPED_WEIGHTS})")
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, corrupt, not a torch file
-        raise WeightsError(f"cannot read weights file {path} ({type(error).__name__}); {restore_hint(path)}") from None
+    except Exception:  # truncated, corrupt, not a torch file: torch's own words name none of these
+        other = not_a_torch_file(path, "weights file")
+        if other:  # nothing to restore, and nothing to export over it
+            raise WeightsError(f"{other}: --weights takes one that export-weights wrote, such as {SHIPPED_WEIGHTS} "
+                               "(shipped with the repository)") from None
+        broken = "is empty" if path.stat().st_size == 0 else "is truncated or damaged (a torch file whose end is missing)"
+        raise WeightsError(f"cannot read weights file {path}: it {broken}; {restore_hint(path)}") from None
     if not isinstance(stored, dict) or stored.get("format") != WEIGHTS_FORMAT:
         raise WeightsError(f"{path} is not a weights file of this project (for a training checkpoint use --checkpoint)")
     model = CustomResNet(num_classes=len(stored["classes"]), logit_scale=stored["logit_scale"])
@@ -135,6 +167,9 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict:
         if is_weights_file(path):
             raise CheckpointError(f"{path} is a weights file, not a training checkpoint: evaluate, predict and "
                                   "gradcam take it with --weights") from None
+        other = not_a_torch_file(path, "training checkpoint") if Path(path).is_file() else None
+        if other:  # an image, a text file: not "truncated or damaged"
+            raise CheckpointError(f"{other}; {GIVE_A_RUN_CHECKPOINT}") from None
         raise
 
 
