@@ -245,12 +245,18 @@ class Learner:
             if not math.isfinite(test.loss):  # diverged weights: keep the last good checkpoint
                 raise DivergenceError(f"loss became NaN/inf at epoch {epoch}, step {len(self.train_loader)} "
                                       "(the test loss after the epoch's last step); lower --max-lr")
-            self.history.append({"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy,
-                                 "test_loss": test.loss, "test_ce": test.cross_entropy, "test_acc": test.accuracy,
-                                 "lr": stats.lrs[-1], "seconds": time.perf_counter() - began})
+            row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy, "test_loss": test.loss,
+                   "test_ce": test.cross_entropy, "test_acc": test.accuracy, "lr": stats.lrs[-1],
+                   "seconds": time.perf_counter() - began, "checkpoint_seconds": None}
+            self.history.append(row)
             self.lr_per_step.extend(stats.lrs)
+            saving = time.perf_counter()
             self._save_checkpoint(scheduler, scaler)
-            self.log(format_epoch(self.history[-1]))
+            # an epoch's time includes its checkpoint's write (on Google Drive, seconds): the checkpoint can
+            # hold only the time before its write for its own last epoch, the next epoch's holds both
+            row["checkpoint_seconds"] = time.perf_counter() - saving
+            row["seconds"] = time.perf_counter() - began
+            self.log(format_epoch(row))
         self._interrupted = False
         return self.result()
 

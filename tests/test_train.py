@@ -18,7 +18,8 @@ from modular.tools.provenance import code_version
 from modular.tools.synthetic import synthetic_cifar10
 from modular.tools.train_command import train
 
-HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_ce", "test_acc", "lr", "seconds"}
+HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_ce", "test_acc", "lr", "seconds",
+                "checkpoint_seconds"}
 RECORD_KEYS = {"config", "lr_max", "lr_min", "history", "lr_per_step", "test_acc", "best_test_acc", "tta_test_acc",
                "per_class_acc", "confusion_matrix", "misclassified", "wall_seconds", "device", "hardware",
                "versions", "seed"}
@@ -49,6 +50,7 @@ def test_history_rows(run):
         assert all(math.isfinite(row[k]) for k in HISTORY_KEYS)
         assert 0.0 <= row["train_acc"] <= 100.0 and 0.0 <= row["test_acc"] <= 100.0
         assert row["train_loss"] > 0 and row["test_loss"] > 0 and row["lr"] > 0 and row["seconds"] > 0
+        assert 0 < row["checkpoint_seconds"] < row["seconds"]
     # the table was printed, one line per epoch
     assert TABLE_HEADER in run.log
     assert sum(1 for line in run.log if line.split()[:1] in (["1"], ["2"])) == 2
@@ -130,6 +132,30 @@ def test_the_range_test_is_on_disk_before_the_first_epoch(tmp_path, monkeypatch)
     assert seen["plot"] > 1000
     assert seen["lr_find"]["lr_find"] == record["lr_find"] and seen["lr_find"]["seed"] == record["seed"]
     assert seen["lr_find"]["precision"] == "fp32" and seen["lr_find"]["config"] == record["config"]
+
+
+def test_an_epochs_time_includes_its_checkpoint_write(tmp_path, monkeypatch):
+    """A slow disk (Google Drive in Colab) shows in the epoch's seconds and the run's, and on its own."""
+    import time
+    from types import SimpleNamespace
+
+    from modular import learner as learner_module
+
+    slept = [0.0]  # a checkpoint write that takes 100 s on the learner's clock, and no time here
+
+    def slow_save(*args, **kwargs):
+        slept[0] += 100.0
+        return real_save(*args, **kwargs)
+
+    real_save = learner_module.save_checkpoint
+    monkeypatch.setattr(learner_module, "save_checkpoint", slow_save)
+    monkeypatch.setattr(learner_module, "time", SimpleNamespace(perf_counter=lambda: time.perf_counter() + slept[0]))
+    cfg = Config(batch_size=32, epochs=2, max_lr=0.05, device="cpu", precision="fp32",
+                 output_dir=str(tmp_path / "out"))
+    record = train(cfg, data=synthetic_cifar10(n_train=64, n_test=20, seed=2), log=lambda *_: None)
+    for row in record["history"]:
+        assert 100.0 <= row["checkpoint_seconds"] < row["seconds"] < 200.0
+    assert record["wall_seconds"] >= 200.0
 
 
 # --------------------------------------------------------------------------------------------
