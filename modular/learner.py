@@ -164,7 +164,8 @@ class Learner:
         self.test_transform = test_transforms(mean, std)
         self.train_loader, self.test_loader = make_loaders(self.data, self.train_transform, self.test_transform, cfg,
                                                            self.runtime)
-        self.model = self.runtime.prepare_model(prepare_model(new_model(cfg), cfg, self.data.train_images, mean, std))
+        self.model = self.runtime.prepare_model(prepare_model(new_model(cfg), cfg, self.data.train_images, mean, std,
+                                                              initialise=weights is None))
         self.criterion = build_criterion(cfg)
         self.optimizer = build_optimizer(self.model, cfg, cfg.lr_find_start, fused=self.runtime.fused_optimizer)
         lr_min = None if cfg.max_lr is None else cfg.max_lr / cfg.div_factor

@@ -17,11 +17,13 @@ WHITENING_IMAGES = 10_000  # training images whose 3x3 patches give the covarian
 WHITENING_EPS = 1e-2       # added to each eigenvalue before the square root: keeps the smallest components finite
 
 
-def prepare_model(model: CustomResNet, cfg: Config, train_images: np.ndarray, mean, std) -> CustomResNet:
-    """Apply the initialisation and training levers ``cfg`` turns on to a freshly initialised model."""
-    if cfg.whiten_init:
+def prepare_model(model: CustomResNet, cfg: Config, train_images: np.ndarray, mean, std,
+                  initialise: bool = True) -> CustomResNet:
+    """Apply the levers ``cfg`` turns on to a freshly initialised model: the initialisation levers only
+    when ``initialise`` (not when weights are loaded over them), the training levers always."""
+    if initialise and cfg.whiten_init:
         whiten_prep_conv(model, train_images, mean, std)
-    if cfg.dirac_init:
+    if initialise and cfg.dirac_init:
         dirac_residual_convs(model)
     if cfg.frozen_bn_scale:
         freeze_bn_scales(model)

@@ -165,6 +165,26 @@ def test_the_learner_applies_the_levers_its_config_turns_on_and_none_by_default(
     assert not torch.equal(plain.prep[0].weight, levered.prep[0].weight)
 
 
+def test_a_learner_given_weights_skips_the_initialisation_levers_but_keeps_the_training_ones(monkeypatch):
+    """Loaded weights replace an initialisation: computing the whitening would only cost time."""
+    from modular import recipe
+    from modular.checkpoint import Weights
+
+    data = synthetic_cifar10(n_train=64, n_test=10, seed=0)
+    trained = Learner(Config(**FAST), data, log=quiet)
+    weights = Weights(trained.model.state_dict(), trained.facts.mean, trained.facts.std, "given")
+
+    def must_not_run(*_):
+        raise AssertionError("an initialisation lever ran under loaded weights")
+
+    monkeypatch.setattr(recipe, "whiten_prep_conv", must_not_run)
+    monkeypatch.setattr(recipe, "dirac_residual_convs", must_not_run)
+    cfg = Config(**FAST, whiten_init=True, dirac_init=True, frozen_bn_scale=True)
+    given = Learner(cfg, data, start=weights, log=quiet).model
+    assert torch.equal(given.prep[0].weight, trained.model.prep[0].weight)
+    assert not any(m.weight.requires_grad for m in given.modules() if isinstance(m, nn.BatchNorm2d))
+
+
 # --------------------------------------------------------------------------------------------
 # EMA of the weights
 # --------------------------------------------------------------------------------------------
