@@ -158,6 +158,28 @@ def test_the_saved_notebook_is_small_and_keeps_no_progress_lines():
     assert not [text for cell in cells for _, text in output_texts(cell) if progress.search(text)]
 
 
+def test_the_saved_notebook_has_no_output_that_shows_nothing():
+    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
+    empty = [n for n, cell in enumerate(cells, start=1) for out in cell["outputs"]
+             if out["output_type"] == "display_data" and not out.get("data")]
+    assert not empty, f"code cells {empty}: run tools/execute_notebook.sh, which drops them"
+
+
+def test_drop_empty_outputs_removes_the_emptied_progress_lines_and_nothing_else(tmp_path):
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("learner.evaluate()", outputs=[
+        nbformat.v4.new_output("display_data", data={}),
+        nbformat.v4.new_output("stream", name="stdout", text="test accuracy 94.00%\n"),
+        nbformat.v4.new_output("display_data", data={"text/plain": "a figure"})])
+    path = tmp_path / "saved.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("text")]), path)
+    assert notebook.drop_empty_outputs(path) == 1
+    outputs = nbformat.read(path, as_version=4).cells[0].outputs
+    assert [out.output_type for out in outputs] == ["stream", "display_data"]
+    assert outputs[1].data == {"text/plain": "a figure"}
+
+
 def test_a_cpu_only_runtime_is_told_the_hours_from_the_records_and_how_to_switch(tmp_path):
     """The figures are computed from the committed records (here stand-ins with round numbers), scaled by the
     benchmark's bf16/fp32 ratio on a CPU without bf16; the line names Colab's menu for a GPU."""

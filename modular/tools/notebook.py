@@ -66,3 +66,19 @@ def print_model_summary(model: torch.nn.Module) -> None:
 
     probe = fp32_cpu_copy(model).eval()
     summary(probe, (3, 32, 32), device="cpu")
+
+
+def drop_empty_outputs(path: str | Path) -> int:
+    """Remove from a saved notebook the display outputs left empty (a progress line is emptied when its
+    loop ends, and would stay in the file as an output that shows nothing); returns how many."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    dropped = 0
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            kept = [out for out in cell.outputs if not (out.output_type == "display_data" and not out.get("data"))]
+            dropped += len(cell.outputs) - len(kept)
+            cell.outputs = kept
+    nbformat.write(notebook, path)
+    return dropped
