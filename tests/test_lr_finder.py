@@ -195,7 +195,7 @@ def committed_curves():
     """(file name, optimizer, recorded LRMAX, the choice the rule makes now, the LRs) for every range test under results/."""
     for path in sorted((ROOT / "results").glob("*.json")):
         record = json.loads(path.read_text())
-        if "lr_find" not in record or record["config"].get("lr_rule", "minimum") != "minimum":
+        if not record.get("lr_find") or record["config"].get("lr_rule", "minimum") != "minimum":
             continue
         found, cfg = record["lr_find"], record["config"]
         stopped = len(found["lrs"]) < cfg["lr_find_iters"]

@@ -41,6 +41,7 @@ from modular.checkpoint import CHECKPOINT_FORMAT, RESUME_REQUIRED, CheckpointErr
 from modular.config import Config
 from modular.learner import DivergenceError, Learner
 from modular.tools import train_command
+from modular.tools.jsonio import without_timings
 from modular.tools.synthetic import synthetic_cifar10
 
 # 128 images, batch 32: 4 steps an epoch, about a second or two each epoch on a CPU
@@ -57,7 +58,7 @@ def train_args(tree: Path, out: Path, *extra) -> list[str]:
 
 
 def without_seconds(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    return [without_timings(row) for row in history]
 
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:
