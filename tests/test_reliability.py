@@ -41,7 +41,7 @@ from modular.checkpoint import CHECKPOINT_FORMAT, RESUME_REQUIRED, CheckpointErr
 from modular.config import Config
 from modular.learner import DivergenceError, Learner
 from modular.tools import train_command
-from modular.tools.jsonio import without_timings
+from modular.tools.record import without_timings
 from modular.tools.synthetic import synthetic_cifar10
 
 # 128 images, batch 32: 4 steps an epoch, about a second or two each epoch on a CPU
@@ -55,10 +55,6 @@ def tree(tmp_path_factory) -> Path:
 
 def train_args(tree: Path, out: Path, *extra) -> list[str]:
     return ["train", "--data-dir", str(tree), "--output-dir", str(out), *RUN3, *extra]
-
-
-def without_seconds(history: list[dict]) -> list[dict]:
-    return [without_timings(row) for row in history]
 
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:
@@ -97,7 +93,7 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tree, tmp_path):
     got = json.loads((killed_dir / "run.json").read_text())
     want = json.loads((reference_dir / "run.json").read_text())
     assert [row["epoch"] for row in got["history"]] == [1, 2, 3]
-    assert without_seconds(got["history"]) == without_seconds(want["history"])
+    assert without_timings(got["history"]) == without_timings(want["history"])
     assert got["lr_per_step"] == want["lr_per_step"]
     for key in ("test_acc", "tta_test_acc", "confusion_matrix", "misclassified", "lr_max", "lr_min", "mean", "std"):
         assert got[key] == want[key], key
@@ -228,7 +224,7 @@ def test_record_so_far_records_the_finished_epochs_and_resume_goes_on(tree, tmp_
     assert code == 0, err
     final = json.loads((out / "run.json").read_text())
     assert len(final["history"]) == 3 and "stopped" not in final
-    assert without_seconds(final["history"][:1]) == without_seconds(record["history"])
+    assert without_timings(final["history"][:1]) == without_timings(record["history"])
     assert_one_line_error(*cli_main(train_args(tree, out, "--record-so-far"), capsys), 1,
                           str(out / "checkpoint.pt"), "--resume")
     assert_one_line_error(*cli_main(train_args(tree, tmp_path / "none", "--record-so-far"), capsys), 1,
@@ -764,7 +760,7 @@ def test_unwritable_output_dir(command, where, tree, blocker, capsys):
 def fit_history(seed: int, out: Path) -> tuple[list[dict], dict]:
     cfg = Config(batch_size=32, epochs=2, max_lr=0.1, device="cpu", precision="fp32", seed=seed, output_dir=str(out))
     result = Learner(cfg, synthetic_cifar10(n_train=96, n_test=30, seed=5), log=lambda *_: None).fit_one_cycle()
-    return without_seconds(result.history), result.model.state_dict()
+    return without_timings(result.history), result.model.state_dict()
 
 
 def test_same_seed_same_history_other_seed_different(tmp_path):

@@ -66,11 +66,3 @@ def make_portable(path: str | os.PathLike) -> bool:
     if changed:
         Path(path).write_text(after)
     return changed
-
-
-TIMINGS = ("seconds", "checkpoint_seconds")  # the fields of an epoch's row that differ between two identical runs
-
-
-def without_timings(row: dict) -> dict:
-    """An epoch's row without its timings: what a rerun of the same seed reproduces exactly."""
-    return {key: value for key, value in row.items() if key not in TIMINGS}

@@ -16,6 +16,14 @@ if TYPE_CHECKING:  # annotations only
     from modular.lr_finder import LRFindResult
 
 
+TIMINGS = ("seconds", "checkpoint_seconds")  # the fields of an epoch's row that differ between two identical runs
+
+
+def without_timings(history: list[dict]) -> list[dict]:
+    """A run's epoch rows without their timings: what a rerun of the same seed reproduces exactly."""
+    return [{key: value for key, value in row.items() if key not in TIMINGS} for row in history]
+
+
 def _what_ran(learner: Learner) -> dict:
     """The fields a run record and a range-test record share about what ran: config, seed, training data."""
     return {"config": learner.cfg.to_dict(), "seed": learner.cfg.seed, "data_source": learner.data.source,

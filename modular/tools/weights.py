@@ -16,7 +16,8 @@ from modular.checkpoint import CheckpointError, RunFacts, RunSoFar, Weights, loa
 from modular.config import CIFAR10_CLASSES, Config
 from modular.robust import save_atomic
 from modular.tools import REPO, RESULTS, SHIPPED_WEIGHTS
-from modular.tools.jsonio import without_timings, write_record
+from modular.tools.jsonio import write_record
+from modular.tools.record import without_timings
 
 SHIPPED = REPO / SHIPPED_WEIGHTS
 WEIGHTS_FORMAT = "era-s10-weights/1"
@@ -56,7 +57,7 @@ def check_own_run(state: dict, checkpoint: str | os.PathLike, record: dict, reco
         reason = f"another configuration ({'; '.join(differences[:3])})"
     elif int(state["epoch"]) != len(record["history"]):
         reason = f"epoch {state['epoch']}, while the run ended at epoch {len(record['history'])}"
-    elif [without_timings(row) for row in state["history"]] != [without_timings(row) for row in record["history"]]:
+    elif without_timings(state["history"]) != without_timings(record["history"]):
         reason = "another run of the same configuration (its epoch history differs)"
     else:
         return
