@@ -65,13 +65,17 @@ def test_a_validation_split_larger_than_a_class_names_the_flag(tree):
         load_data(Config(data_dir=str(tree), val_split=500))
 
 
-def test_a_run_on_the_validation_split_says_so_in_its_record(tree, tmp_path):
+def test_a_run_on_the_validation_split_says_so_in_its_record_and_log(tree, tmp_path):
     from modular.tools.train_command import train
 
     cfg = Config(data_dir=str(tree), val_split=50, epochs=1, output_dir=str(tmp_path / "out"), **FAST)
-    record = train(cfg, log=quiet)
+    lines = []
+    record = train(cfg, log=lines.append)
     assert record["config"]["val_split"] == 50 and record["test_images"] == 50
     assert "validation split of 50" in record["data_source"] and "validation split" in record["test_set"]["kind"]
+    assert any(" / 50 validation images" in line for line in lines)
+    assert lines[-1].startswith(f"validation accuracy {record['test_acc']:.2f}%")
+    assert not any("test images" in line or "test accuracy" in line for line in lines)
 
 
 # --------------------------------------------------------------------------------------------

@@ -68,6 +68,11 @@ def start(cfg: Config, checkpoint: Checkpoint | None, data: CifarData | None, lo
     return learner
 
 
+def evaluated_on(cfg: Config) -> str:
+    """What a run's "test" figures measure: the held-out training images of --val-split, or the test set."""
+    return "validation" if cfg.val_split else "test"
+
+
 def train(cfg: Config, resume: bool = False, data: CifarData | None = None, log: Callable[[str], None] = print) -> dict:
     """The whole run: range test (unless cfg.max_lr, or continuing), OneCycle fit, evaluation, run.json and
     the plots; returns the run record. A NaN loss writes the record of the last finished epoch, then raises."""
@@ -129,7 +134,7 @@ def finish(learner: Learner, result: FitResult, stopped: str | None = None) -> d
         log(f"no epoch finished: nothing to evaluate; record: {out / 'run.json'}")
         return record
     save_run_figures(record, learner.data, learner.train_transform, out)
-    log(f"test accuracy {record['test_acc']:.2f}% (best {record['best_test_acc']:.2f}% at epoch "
+    log(f"{evaluated_on(learner.cfg)} accuracy {record['test_acc']:.2f}% (best {record['best_test_acc']:.2f}% at epoch "
         f"{record['best_epoch']}), flip TTA {record['tta_test_acc']:.2f}%; record: {out / 'run.json'}")
     return record
 
