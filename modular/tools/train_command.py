@@ -82,7 +82,7 @@ def train(cfg: Config, resume: bool = False, data: CifarData | None = None, log:
         log(f"--resume: no checkpoint in {out}, so this starts a new run")
     learner = start(cfg, checkpoint, data, log)
     log(f"data: {learner.data.source}: {len(learner.data.train_labels):,} train / {len(learner.data.test_labels):,} "
-        f"test images; device: {learner.runtime.describe()}")
+        f"{evaluated_on(cfg)} images; device: {learner.runtime.describe()}")
     if checkpoint is not None:
         done, source = checkpoint.epochs_done, checkpoint.weights.source
         log(f"{source} holds a finished run ({done} of {cfg.epochs} epochs): nothing left to train; its epochs:"
