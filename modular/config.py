@@ -82,8 +82,8 @@ class Config:
     dirac_init: bool = False             # the residual blocks' convs start as the identity
     frozen_bn_scale: bool = False        # every BatchNorm scale fixed at 1
     bn_bias_lr_factor: float = 1.0       # BatchNorm biases at this x the LR, weight decay / this (SGD)
-    ema_decay: float | None = None       # None: no EMA; else the decay of the weights' moving average...
-    ema_every: int = 5                   # ...updated every this many steps, and evaluated and shipped
+    ema_decay: float | None = None       # None: no EMA; else the decay per training step of the weights' moving average...
+    ema_every: int = 5                   # ...updated every this many steps (by decay ** every), evaluated and shipped
     multiview_tta: bool = False          # also report TTA over flips and one-pixel shifts (never the headline)
 
     # LR range test (torch-lr-finder)

@@ -87,7 +87,9 @@ def speed_up_bn_biases(model: nn.Module, factor: float) -> None:
 
 def ema_model(model: nn.Module, cfg: Config) -> AveragedModel | None:
     """An exponential moving average of ``model``'s weights and BatchNorm statistics, updated every
-    cfg.ema_every steps with decay cfg.ema_decay (the first update copies the model); None when off."""
+    cfg.ema_every steps (the first update copies the model); None when off. cfg.ema_decay is the decay per
+    training step, so an update decays by ema_decay ** ema_every, as in Page's update_ema: the average
+    spans about 1 / (1 - ema_decay) steps whatever the interval."""
     if cfg.ema_decay is None:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay ** cfg.ema_every), use_buffers=True)

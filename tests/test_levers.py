@@ -193,9 +193,10 @@ def test_a_learner_given_weights_skips_the_initialisation_levers_but_keeps_the_t
 # EMA of the weights
 # --------------------------------------------------------------------------------------------
 
-def test_the_moving_average_is_updated_every_n_steps_with_its_decay():
+def test_the_moving_average_is_updated_every_n_steps_with_its_decay_per_step():
     """Against an average kept by hand over the same steps: the first update copies, then
-    ema = decay * ema + (1 - decay) * weights every ``ema_every`` steps; BN statistics included."""
+    ema = rho * ema + (1 - rho) * weights every ``ema_every`` steps, rho = decay ** ema_every (the decay
+    is per training step, as in Page's update_ema); BN statistics included."""
     cfg = Config(**FAST, epochs=1, ema_decay=0.9, ema_every=3)
     learner = Learner(cfg, synthetic_cifar10(n_train=112, n_test=10, seed=0), log=quiet)  # 7 steps of 16
     kept, seen = {}, []
@@ -205,7 +206,7 @@ def test_the_moving_average_is_updated_every_n_steps_with_its_decay():
         original(model)
         state = {k: v.detach().clone().double() for k, v in model.state_dict().items() if v.is_floating_point()}
         for k, v in state.items():
-            kept[k] = v if k not in kept else 0.9 * kept[k] + 0.1 * v
+            kept[k] = v if k not in kept else 0.9 ** 3 * kept[k] + (1 - 0.9 ** 3) * v
         seen.append(len(learner.lr_per_step))
 
     learner.ema.update_parameters = update_and_keep

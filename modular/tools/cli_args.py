@@ -80,9 +80,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                         help="BatchNorm biases at this x the LR, with weight decay / this (SGD only; Page and "
                         "airbench: 64)")
     levers.add_argument("--ema-decay", type=float, help="evaluate and ship an exponential moving average of the "
-                        "weights with this decay, in (0, 1) (default: none; Page: 0.99)")
+                        "weights with this decay per training step, in (0, 1) (default: none; Page: 0.99)")
     levers.add_argument("--ema-every", type=_positive_int, default=Config.ema_every,
-                        help="steps between updates of the moving average")
+                        help="steps between updates of the moving average (each decays it by the decay ** this)")
     levers.add_argument("--multiview-tta", action="store_true", help="also report TTA over flips and one-pixel "
                         "shifts at the end (never the headline)")
     p.add_argument("--lr-rule", choices=LR_RULES, default=Config.lr_rule,
