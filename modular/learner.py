@@ -41,7 +41,7 @@ from modular.evaluate import Evaluation, full_evaluation, predict
 from modular.loaders import make_loaders
 from modular.lr_finder import LRFinderError, LRFindResult, find_lr
 from modular.progress import TABLE_HEADER, Progress, format_epoch
-from modular.recipe import ema_model, prepare_model
+from modular.recipe import ema_model, prepare_model, update_ema
 from modular.schedule import advance, one_cycle
 from modular.transforms import test_transforms, train_transforms
 
@@ -120,7 +120,7 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimize
             scaler.update()
             advance(scheduler)
             if ema is not None and ((epoch - 1) * len(batches) + step) % ema_every == 0:
-                ema.update_parameters(model)
+                update_ema(ema, model)
 
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), step, first_bad)
             loss_sum += loss.detach().float() * len(targets)

@@ -86,10 +86,21 @@ def speed_up_bn_biases(model: nn.Module, factor: float) -> None:
 
 
 def ema_model(model: nn.Module, cfg: Config) -> AveragedModel | None:
-    """An exponential moving average of ``model``'s weights and BatchNorm statistics, updated every
-    cfg.ema_every steps (the first update copies the model); None when off. cfg.ema_decay is the decay per
-    training step, so an update decays by ema_decay ** ema_every, as in Page's update_ema: the average
-    spans about 1 / (1 - ema_decay) steps whatever the interval."""
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics, starting as a copy of
+    ``model`` (as Page's starts); None when off. ``update_ema`` moves it towards the model."""
     if cfg.ema_decay is None:
         return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay ** cfg.ema_every), use_buffers=True)
+
+
+def update_ema(ema: AveragedModel, model: nn.Module) -> None:
+    """ema = rho * ema + (1 - rho) * model over every floating-point parameter and buffer, rho = ema_decay **
+    ema_every: called every cfg.ema_every steps, the average spans about 1 / (1 - ema_decay) steps whatever
+    the interval (Page's update_ema). AveragedModel.update_parameters would do the same after its first call,
+    but reads its count back every call, and on a GPU each read makes the CPU wait for the GPU."""
+    pairs = [(averaged.detach(), current.detach())
+             for averaged, current in zip([*ema.module.parameters(), *ema.module.buffers()],
+                                          [*model.parameters(), *model.buffers()], strict=True)
+             if averaged.is_floating_point()]  # not num_batches_tracked, as in Page's code
+    ema.multi_avg_fn([averaged for averaged, _ in pairs], [current for _, current in pairs], ema.n_averaged)
+    ema.n_averaged += 1

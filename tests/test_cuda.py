@@ -4,8 +4,8 @@ Skipped where no CUDA GPU is visible (CI has none: it says "skipped", never fail
 call: tools/gpu_check.sh) they check that fused SGD under GradScaler, over steps forced to overflow, trains
 exactly as foreach SGD does; that a training batch arrives pinned and channels_last and reaches the GPU in
 one copy; that the step loop (``learner.train_one_epoch``) waits for the GPU only when it reads its loss,
-every READ_EVERY steps; and that the fp16 path a T4 gets and the bf16 path each train a few hundred steps on
-synthetic data without a NaN, fp16's loss scale staying >= 1.
+every READ_EVERY steps, the weights' moving average adding no wait; and that the fp16 path a T4 gets and
+the bf16 path each train a few hundred steps on synthetic data without a NaN, fp16's loss scale staying >= 1.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from modular.config import Config
 from modular.device import Runtime, select_runtime
 from modular.learner import READ_EVERY, Learner, build_criterion, build_optimizer, new_model, train_one_epoch
 from modular.loaders import make_loaders
+from modular.recipe import ema_model
 from modular.schedule import one_cycle
 from modular.tools.synthetic import synthetic_cifar10
 from modular.transforms import test_transforms as make_test_transforms
@@ -144,23 +145,27 @@ def test_a_training_batch_arrives_pinned_in_channels_last_and_reaches_the_gpu_in
 # The step loop waits for the GPU every READ_EVERY steps, not every step
 # --------------------------------------------------------------------------------------------
 
-def syncs_in_an_epoch(steps: int, runtime: Runtime, criterion=None) -> int:
+def syncs_in_an_epoch(steps: int, runtime: Runtime, criterion=None, ema: bool = False) -> int:
     """How many times one epoch of ``steps`` steps made the CPU wait for the GPU, as torch's sync debug mode
     counts them (a warning for each synchronizing call: .item(), int(), float(), a blocking copy, ...).
-    The model is warmed up first (cuDNN's kernel choice), outside the count."""
+    The model is warmed up first (cuDNN's kernel choice), outside the count; ``ema``: a moving average of the
+    weights updated every 5 steps."""
     cfg = Config(batch_size=64)
     model = runtime.prepare_model(new_model(cfg))
     optimizer = build_optimizer(model, cfg, 0.0005, fused=runtime.fused_optimizer)
     scheduler, scaler = one_cycle(optimizer, cfg, 0.05, steps + 2), runtime.grad_scaler()
     loss = criterion(build_criterion(cfg)) if criterion else build_criterion(cfg)
-    train_one_epoch(model, loss, optimizer, scheduler, scaler, pinned_batches(2), runtime, epoch=1, log=lambda _: None)
+    average = ema_model(model, Config(ema_decay=0.99)) if ema else None
+    train_one_epoch(model, loss, optimizer, scheduler, scaler, pinned_batches(2), runtime, epoch=1, log=lambda _: None,
+                    ema=average, ema_every=5)
     batches = pinned_batches(steps)
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            train_one_epoch(model, loss, optimizer, scheduler, scaler, batches, runtime, epoch=2, log=lambda _: None)
+            train_one_epoch(model, loss, optimizer, scheduler, scaler, batches, runtime, epoch=2, log=lambda _: None,
+                            ema=average, ema_every=5)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(warning.message) for warning in caught)
@@ -177,6 +182,14 @@ def test_the_step_loop_waits_for_the_gpu_only_when_it_reads_every_read_every_ste
     short, long = syncs_in_an_epoch(READ_EVERY + 5, runtime), syncs_in_an_epoch(3 * READ_EVERY + 5, runtime)
     assert 0 < short <= 2 * 3 + 2 and 0 < long <= 4 * 3 + 2, (short, long)
     assert long - short <= 2 * 3, (short, long)
+
+
+def test_the_moving_average_adds_no_wait_for_the_gpu():
+    """update_ema every 5 steps: as many waits with the moving average as without (AveragedModel's own update
+    would add one per update)."""
+    runtime = select_runtime("cuda")
+    steps = 3 * READ_EVERY + 5
+    assert syncs_in_an_epoch(steps, runtime, ema=True) == syncs_in_an_epoch(steps, runtime)
 
 
 def test_the_sync_count_sees_a_read_in_every_step():

@@ -13,14 +13,17 @@ import helpers  # noqa: F401  (environment and sys.path)
 import numpy as np
 import pytest
 import torch
+from torch.optim.swa_utils import AveragedModel
 from torch.overrides import TorchFunctionMode
 
 from modular import device as device_module
+from modular import learner as learner_module
 from modular.checkpoint import load_optimizer_state
 from modular.config import Config
 from modular.device import Runtime, select_runtime
 from modular.learner import READ_EVERY, DivergenceError, build_criterion, build_optimizer, train_one_epoch
 from modular.loaders import make_loaders
+from modular.recipe import ema_model
 from modular.schedule import one_cycle
 from modular.tools.synthetic import synthetic_cifar10
 from modular.transforms import test_transforms as make_test_transforms
@@ -130,10 +133,11 @@ class Fp16Epoch:
     scheduler: object
     scaler: torch.amp.GradScaler
     batches: list
+    ema: AveragedModel | None = None
 
     def run(self):
         return train_one_epoch(self.model, self.criterion, self.optimizer, self.scheduler, self.scaler, self.batches,
-                               FP16, epoch=1)
+                               FP16, epoch=1, ema=self.ema, ema_every=2)
 
 
 def fp16_epoch(steps: int, fused: bool = True, max_lr: float = 0.05) -> Fp16Epoch:
@@ -148,9 +152,11 @@ def fp16_epoch(steps: int, fused: bool = True, max_lr: float = 0.05) -> Fp16Epoc
                      batches)
 
 
-def host_reads_in_an_epoch(steps: int, fused: bool = True, criterion=None) -> int:
-    """Host reads in one fp16 epoch of ``steps`` steps; ``criterion(loss_fn)`` may wrap the loss."""
+def host_reads_in_an_epoch(steps: int, fused: bool = True, criterion=None, ema: bool = False) -> int:
+    """Host reads in one fp16 epoch of ``steps`` steps; ``criterion(loss_fn)`` may wrap the loss; ``ema``: a
+    moving average of the weights updated every 2 steps."""
     epoch = fp16_epoch(steps, fused)
+    epoch.ema = ema_model(epoch.model, Config(ema_decay=0.99)) if ema else None
     assert epoch.scaler.is_enabled() and FP16.needs_grad_scaler
     epoch.criterion = criterion(epoch.criterion) if criterion else epoch.criterion
     with HostReads() as reads:
@@ -162,6 +168,18 @@ def host_reads_in_an_epoch(steps: int, fused: bool = True, criterion=None) -> in
 def test_the_fp16_training_loop_reads_nothing_back_per_step():
     """4 steps or 12: the same handful of reads, all at the end of the epoch."""
     assert host_reads_in_an_epoch(4) == host_reads_in_an_epoch(12) <= 5
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_the_moving_average_reads_nothing_back_per_step():
+    assert host_reads_in_an_epoch(4, ema=True) == host_reads_in_an_epoch(12, ema=True) <= 5
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_the_host_read_counter_sees_averaged_models_own_update_read_its_count(monkeypatch):
+    """Why update_ema exists: AveragedModel.update_parameters reads its count back at every update."""
+    monkeypatch.setattr(learner_module, "update_ema", lambda ema, model: ema.update_parameters(model))
+    assert host_reads_in_an_epoch(12, ema=True) - host_reads_in_an_epoch(4, ema=True) >= 4
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")

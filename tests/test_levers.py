@@ -22,6 +22,7 @@ from modular.recipe import (
     freeze_bn_scales,
     patch_covariance,
     speed_up_bn_biases,
+    update_ema,
     whiten_prep_conv,
 )
 from modular.tools.synthetic import synthetic_cifar10, write_image_tree
@@ -193,23 +194,23 @@ def test_a_learner_given_weights_skips_the_initialisation_levers_but_keeps_the_t
 # EMA of the weights
 # --------------------------------------------------------------------------------------------
 
-def test_the_moving_average_is_updated_every_n_steps_with_its_decay_per_step():
-    """Against an average kept by hand over the same steps: the first update copies, then
+def test_the_moving_average_starts_as_the_model_and_moves_every_n_steps_with_its_decay_per_step(monkeypatch):
+    """Against an average kept by hand over the same steps: a copy of the initial weights, then
     ema = rho * ema + (1 - rho) * weights every ``ema_every`` steps, rho = decay ** ema_every (the decay
     is per training step, as in Page's update_ema); BN statistics included."""
     cfg = Config(**FAST, epochs=1, ema_decay=0.9, ema_every=3)
     learner = Learner(cfg, synthetic_cifar10(n_train=112, n_test=10, seed=0), log=quiet)  # 7 steps of 16
-    kept, seen = {}, []
-    original = learner.ema.update_parameters
+    kept = {k: v.detach().clone().double() for k, v in learner.model.state_dict().items() if v.is_floating_point()}
+    seen = []
 
-    def update_and_keep(model):
-        original(model)
-        state = {k: v.detach().clone().double() for k, v in model.state_dict().items() if v.is_floating_point()}
-        for k, v in state.items():
-            kept[k] = v if k not in kept else 0.9 ** 3 * kept[k] + (1 - 0.9 ** 3) * v
+    def update_and_keep(ema, model):
+        update_ema(ema, model)
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                kept[k] = 0.9 ** 3 * kept[k] + (1 - 0.9 ** 3) * v.detach().double()
         seen.append(len(learner.lr_per_step))
 
-    learner.ema.update_parameters = update_and_keep
+    monkeypatch.setattr(learner_module, "update_ema", update_and_keep)
     learner.fit_one_cycle()
     assert len(seen) == 2 and int(learner.ema.n_averaged) == 2  # after steps 3 and 6 of 7
     averaged = learner.evaluated_model.state_dict()
