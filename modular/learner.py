@@ -40,7 +40,7 @@ from modular.device import Runtime, runtime_part, select_runtime
 from modular.evaluate import Evaluation, full_evaluation, predict
 from modular.loaders import make_loaders
 from modular.lr_finder import LRFinderError, LRFindResult, find_lr
-from modular.progress import TABLE_HEADER, Progress, format_epoch
+from modular.progress import Progress, format_epoch, table_header
 from modular.recipe import ema_model, prepare_model, update_ema
 from modular.schedule import advance, one_cycle
 from modular.transforms import test_transforms, train_transforms
@@ -233,7 +233,7 @@ class Learner:
         self._set_lr_max(lr_max)
         scheduler, scaler = self._schedule_and_scaler()
         model = torch.compile(self.model) if cfg.compile else self.model
-        self.log(TABLE_HEADER)
+        self.log(table_header("val" if cfg.val_split else "test"))
         for row in self.history:
             self.log(format_epoch(row))
         self._interrupted = True  # until the last epoch is saved

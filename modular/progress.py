@@ -140,10 +140,13 @@ def track(iterable: Iterable, what: str, total: int, unit: str = "steps", log: C
             yield item
 
 
-# The epoch table that fit_one_cycle prints, one row per epoch.
-# "loss" is the training criterion (label smoothing included); "CE" the plain cross-entropy on the test set
-TABLE_HEADER = (f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'test loss':>9}  {'test CE':>7}  {'test acc':>8}  "
-                f"{'lr':>9}  {'time':>6}")
+def table_header(evaluated_on: str = "test") -> str:
+    """The header of the epoch table that fit_one_cycle prints, one row per epoch; ``evaluated_on``: "test",
+    or "val" for a run evaluated on held-out training images. "loss" is the training criterion (label
+    smoothing included), "CE" the plain cross-entropy."""
+    on = evaluated_on
+    return (f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {on + ' loss':>9}  {on + ' CE':>7}  {on + ' acc':>8}  "
+            f"{'lr':>9}  {'time':>6}")
 
 
 def format_epoch(row: dict) -> str:

@@ -14,7 +14,7 @@ from helpers import ROOT, shared_run
 from modular.config import CIFAR10_CLASSES
 from modular.evaluate import gallery_sample
 from modular.learner import Learner
-from modular.progress import TABLE_HEADER, format_epoch
+from modular.progress import format_epoch, table_header
 from modular.tools import notebook
 from modular.tools.inference import gradcam_figure
 from modular.tools.train_command import run_figures
@@ -92,7 +92,7 @@ def test_the_shipped_weights_are_a_finished_run_shown_as_recorded_and_evaluated_
     assert found.to_dict() == json.loads(record_path.read_text())["lr_find"]
     result = learner.fit_one_cycle()
     table = capsys.readouterr().out.splitlines()[-len(run.record["history"]) - 1:]
-    assert table == [TABLE_HEADER, *map(format_epoch, run.record["history"])]  # the recorded epochs, none trained
+    assert table == [table_header(), *map(format_epoch, run.record["history"])]  # the recorded epochs, none trained
     assert result.history == run.record["history"] and result.lr_per_step == run.record["lr_per_step"]
     assert result.facts.lr_max == run.record["lr_max"] and not (tmp_path / "out").exists()  # nothing written
     images = torch.randn(8, 3, 32, 32)

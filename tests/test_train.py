@@ -13,7 +13,7 @@ from modular import device as device_module
 from modular.config import Config
 from modular.device import select_runtime
 from modular.learner import Learner
-from modular.progress import TABLE_HEADER
+from modular.progress import table_header
 from modular.tools.provenance import code_version
 from modular.tools.synthetic import synthetic_cifar10
 from modular.tools.train_command import train
@@ -52,7 +52,7 @@ def test_history_rows(run):
         assert row["train_loss"] > 0 and row["test_loss"] > 0 and row["lr"] > 0 and row["seconds"] > 0
         assert 0 < row["checkpoint_seconds"] < row["seconds"]
     # the table was printed, one line per epoch
-    assert TABLE_HEADER in run.log
+    assert table_header() in run.log
     assert sum(1 for line in run.log if line.split()[:1] in (["1"], ["2"])) == 2
 
 
