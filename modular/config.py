@@ -106,6 +106,11 @@ class Config:
             return self.peak_epoch
         return max(1, round(self.epochs * 5 / 24))
 
+    @property
+    def evaluated_on(self) -> str:
+        """What a run's "test" figures measure: the held-out training images of val_split, or the test set."""
+        return "validation" if self.val_split else "test"
+
     def validate(self) -> Config:
         """Raise ConfigError naming the first value that is out of range."""
         checks = [

@@ -233,7 +233,7 @@ class Learner:
         self._set_lr_max(lr_max)
         scheduler, scaler = self._schedule_and_scaler()
         model = torch.compile(self.model) if cfg.compile else self.model
-        self.log(table_header("val" if cfg.val_split else "test"))
+        self.log(table_header(cfg.evaluated_on))
         for row in self.history:
             self.log(format_epoch(row))
         self._interrupted = True  # until the last epoch is saved

@@ -141,11 +141,12 @@ def track(iterable: Iterable, what: str, total: int, unit: str = "steps", log: C
 
 
 def table_header(evaluated_on: str = "test") -> str:
-    """The header of the epoch table that fit_one_cycle prints, one row per epoch; ``evaluated_on``: "test",
-    or "val" for a run evaluated on held-out training images. "loss" is the training criterion (label
+    """The header of the epoch table that fit_one_cycle prints, one row per epoch; ``evaluated_on``: "test"
+    or "validation" (Config.evaluated_on), shortened to "val". "loss" is the training criterion (label
     smoothing included), "CE" the plain cross-entropy."""
-    return (f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {evaluated_on + ' loss':>9}  {evaluated_on + ' CE':>7}  "
-            f"{evaluated_on + ' acc':>8}  {'lr':>9}  {'time':>6}")
+    on = "val" if evaluated_on == "validation" else evaluated_on  # the columns are 7 to 9 characters wide
+    return (f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {on + ' loss':>9}  {on + ' CE':>7}  {on + ' acc':>8}  "
+            f"{'lr':>9}  {'time':>6}")
 
 
 def format_epoch(row: dict) -> str:

@@ -68,11 +68,6 @@ def start(cfg: Config, checkpoint: Checkpoint | None, data: CifarData | None, lo
     return learner
 
 
-def evaluated_on(cfg: Config) -> str:
-    """What a run's "test" figures measure: the held-out training images of --val-split, or the test set."""
-    return "validation" if cfg.val_split else "test"
-
-
 def train(cfg: Config, resume: bool = False, data: CifarData | None = None, log: Callable[[str], None] = print) -> dict:
     """The whole run: range test (unless cfg.max_lr, or continuing), OneCycle fit, evaluation, run.json and
     the plots; returns the run record. A NaN loss writes the record of the last finished epoch, then raises."""
@@ -82,7 +77,7 @@ def train(cfg: Config, resume: bool = False, data: CifarData | None = None, log:
         log(f"--resume: no checkpoint in {out}, so this starts a new run")
     learner = start(cfg, checkpoint, data, log)
     log(f"data: {learner.data.source}: {len(learner.data.train_labels):,} train / {len(learner.data.test_labels):,} "
-        f"{evaluated_on(cfg)} images; device: {learner.runtime.describe()}")
+        f"{cfg.evaluated_on} images; device: {learner.runtime.describe()}")
     if checkpoint is not None:
         done, source = checkpoint.epochs_done, checkpoint.weights.source
         log(f"{source} holds a finished run ({done} of {cfg.epochs} epochs): nothing left to train; its epochs:"
@@ -134,7 +129,7 @@ def finish(learner: Learner, result: FitResult, stopped: str | None = None) -> d
         log(f"no epoch finished: nothing to evaluate; record: {out / 'run.json'}")
         return record
     save_run_figures(record, learner.data, learner.train_transform, out)
-    log(f"{evaluated_on(learner.cfg)} accuracy {record['test_acc']:.2f}% (best {record['best_test_acc']:.2f}% at epoch "
+    log(f"{learner.cfg.evaluated_on} accuracy {record['test_acc']:.2f}% (best {record['best_test_acc']:.2f}% at epoch "
         f"{record['best_epoch']}), flip TTA {record['tta_test_acc']:.2f}%; record: {out / 'run.json'}")
     return record
 
