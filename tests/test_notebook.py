@@ -165,19 +165,31 @@ def test_the_saved_notebook_has_no_output_that_shows_nothing():
     assert not empty, f"code cells {empty}: run tools/execute_notebook.sh, which drops them"
 
 
-def test_drop_empty_outputs_removes_the_emptied_progress_lines_and_nothing_else(tmp_path):
+def test_tidy_saved_outputs_drops_the_emptied_progress_lines_and_joins_the_table_they_split(tmp_path):
     import nbformat
 
-    cell = nbformat.v4.new_code_cell("learner.evaluate()", outputs=[
-        nbformat.v4.new_output("display_data", data={}),
-        nbformat.v4.new_output("stream", name="stdout", text="test accuracy 94.00%\n"),
-        nbformat.v4.new_output("display_data", data={"text/plain": "a figure"})])
+    def stream(text, name="stdout"):
+        return nbformat.v4.new_output("stream", name=name, text=text)
+
+    empty = nbformat.v4.new_output("display_data", data={})
+    figure = nbformat.v4.new_output("display_data", data={"text/plain": "a figure"})
+    cell = nbformat.v4.new_code_cell("learner.fit_one_cycle()", outputs=[
+        empty, stream("epoch  train loss\n"), empty, stream("    1      1.8776\n"), empty, stream("    2      1.4424\n"),
+        figure, stream("after the figure\n"), stream("a warning\n", name="stderr")])
     path = tmp_path / "saved.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("text")]), path)
-    assert notebook.drop_empty_outputs(path) == 1
+    assert notebook.tidy_saved_outputs(path) == 3
     outputs = nbformat.read(path, as_version=4).cells[0].outputs
-    assert [out.output_type for out in outputs] == ["stream", "display_data"]
+    assert [(out.output_type, out.get("name")) for out in outputs] == [
+        ("stream", "stdout"), ("display_data", None), ("stream", "stdout"), ("stream", "stderr")]
+    assert outputs[0].text == "epoch  train loss\n    1      1.8776\n    2      1.4424\n"
     assert outputs[1].data == {"text/plain": "a figure"}
+
+
+def test_the_saved_epoch_table_is_one_output():
+    (cell,) = [c for c in json.loads(NOTEBOOK.read_text())["cells"]
+               if c["cell_type"] == "code" and "learner.fit_one_cycle(" in "".join(c["source"])]
+    assert [out["output_type"] for out in cell["outputs"]] == ["stream"]
 
 
 def test_a_cpu_only_runtime_is_told_the_hours_from_the_records_and_how_to_switch(tmp_path):
@@ -206,3 +218,32 @@ def test_the_learner_cell_says_it_before_training_on_a_cpu_only():
     assert 'if learner.runtime.device.type == "cpu" and not (USE_WEIGHTS or QUICK):\n    print(cpu_time_to_expect(' \
         in learner_cell
     assert cells.index(learner_cell) < min(i for i, cell in enumerate(cells) if "learner.lr_find()" in cell)
+
+
+def test_the_saved_outputs_are_a_real_full_run_and_say_what_its_record_says():
+    """tools/execute_notebook.sh's run, not a replay: a range test made here and 24 epochs trained, whose
+    LRMAX, every epoch's row (its time aside: the record's last one is timed before the checkpoint's write) and
+    test accuracy are those of its record, results/notebook.json, on the official pixels."""
+    record = json.loads((ROOT / "results" / "notebook.json").read_text())
+    assert record["data_source"] == "cifar10-official" and len(record["history"]) == record["config"]["epochs"] == 24
+    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
+
+    def printed(call: str) -> str:
+        (cell,) = [c for c in cells if call in "".join(c["source"])]
+        return "".join(text for _, text in output_texts(cell))
+
+    found = printed("learner.lr_find()")
+    assert "not run again" not in found and f"LRMAX {record['lr_max']:.4g}," in found
+    table = printed("learner.fit_one_cycle(")
+    assert "nothing left to train" not in table
+    assert [part["from_epoch"] for part in record["ran_on"] if part["from_epoch"] < 24] == [0]  # trained in one go
+    for row in record["history"]:
+        assert format_epoch(row).rsplit(maxsplit=1)[0] in table, row["epoch"]
+    assert f"test accuracy {record['test_acc']:.2f}%," in printed("learner.evaluate()")
+
+
+def test_the_readme_and_cell_0_say_the_saved_outputs_are_that_run():
+    record = json.loads((ROOT / "results" / "notebook.json").read_text())
+    intro = "".join(json.loads(NOTEBOOK.read_text())["cells"][0]["source"])
+    for text in (ROOT.joinpath("README.md").read_text(), intro):
+        assert "results/notebook.json" in text and f"{record['test_acc']:.2f}%" in text

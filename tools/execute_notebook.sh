@@ -15,6 +15,6 @@ export ERA_OUTPUT_DIR=${ERA_OUTPUT_DIR:-runs/notebook} NO_ALBUMENTATIONS_UPDATE=
 unset ERA_QUICK ERA_USE_WEIGHTS
 PYTHON=${PYTHON:-python}
 "$PYTHON" -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=-1 era_s10_cifar.ipynb
-"$PYTHON" -c "from modular.tools.notebook import drop_empty_outputs; drop_empty_outputs('era_s10_cifar.ipynb')"
+"$PYTHON" -c "from modular.tools.notebook import tidy_saved_outputs; tidy_saved_outputs('era_s10_cifar.ipynb')"
 # the record and every figure of the finished run, written from its checkpoint without training
 "$PYTHON" -m modular train --resume --data-dir "$CIFAR10_DIR" --output-dir "$ERA_OUTPUT_DIR"

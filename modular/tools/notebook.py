@@ -68,17 +68,26 @@ def print_model_summary(model: torch.nn.Module) -> None:
     summary(probe, (3, 32, 32), device="cpu")
 
 
-def drop_empty_outputs(path: str | Path) -> int:
-    """Remove from a saved notebook the display outputs left empty (a progress line is emptied when its
-    loop ends, and would stay in the file as an output that shows nothing); returns how many."""
+def tidy_saved_outputs(path: str | Path) -> int:
+    """What the progress lines leave in a saved notebook, removed: each is a display output emptied when
+    its loop ends (it would stay in the file as an output that shows nothing), and between the lines a cell
+    printed it split them into one output each (an epoch table in 24 pieces), joined again here as Jupyter
+    shows them while it runs. Returns how many empty outputs were dropped."""
     import nbformat
 
     notebook = nbformat.read(path, as_version=4)
     dropped = 0
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            kept = [out for out in cell.outputs if not (out.output_type == "display_data" and not out.get("data"))]
-            dropped += len(cell.outputs) - len(kept)
+            kept = []
+            for out in cell.outputs:
+                if out.output_type == "display_data" and not out.get("data"):
+                    dropped += 1
+                elif kept and out.output_type == "stream" and kept[-1].output_type == "stream" \
+                        and kept[-1].name == out.name:
+                    kept[-1].text += out.text
+                else:
+                    kept.append(out)
             cell.outputs = kept
     nbformat.write(notebook, path)
     return dropped
