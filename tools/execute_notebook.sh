@@ -7,7 +7,10 @@
 # About as long as `python -m modular train` (1.5-2.2 h on a 2-core bf16 CPU). The run folder ($ERA_OUTPUT_DIR,
 # default runs/notebook) gets a checkpoint after every epoch: if this stops, run it again and the training cell
 # continues from the last finished epoch (its saved output then says so). Afterwards the notebook shows that run,
-# and runs/notebook/run.json is its record (commit it to results/ with the notebook).
+# and runs/notebook/run.json is its record (commit it to results/ with the notebook). Keep ERA_OUTPUT_DIR
+# relative (the configuration cell prints it, and saved outputs name no local path: tests/test_docs.py);
+# CIFAR10_DIR may be anywhere (the outputs name the data by what it is, not where), outside the clone, which
+# stays clean so that the record's commit says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CIFAR10_DIR:?set CIFAR10_DIR to a local copy of CIFAR-10 (the official pixels: ../shared/data/get-cifar10-official)}"
