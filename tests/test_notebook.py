@@ -186,10 +186,15 @@ def test_tidy_saved_outputs_drops_the_emptied_progress_lines_and_joins_the_table
     assert outputs[1].data == {"text/plain": "a figure"}
 
 
-def test_the_saved_epoch_table_is_one_output():
+def saved_cell(call: str) -> dict:
+    """The one code cell of the committed notebook whose source makes ``call``, with its saved outputs."""
     (cell,) = [c for c in json.loads(NOTEBOOK.read_text())["cells"]
-               if c["cell_type"] == "code" and "learner.fit_one_cycle(" in "".join(c["source"])]
-    assert [out["output_type"] for out in cell["outputs"]] == ["stream"]
+               if c["cell_type"] == "code" and call in "".join(c["source"])]
+    return cell
+
+
+def test_the_saved_epoch_table_is_one_output():
+    assert [out["output_type"] for out in saved_cell("learner.fit_one_cycle(")["outputs"]] == ["stream"]
 
 
 def test_a_cpu_only_runtime_is_told_the_hours_from_the_records_and_how_to_switch(tmp_path):
@@ -226,11 +231,9 @@ def test_the_saved_outputs_are_a_real_full_run_and_say_what_its_record_says():
     test accuracy are those of its record, results/notebook.json, on the official pixels."""
     record = json.loads((ROOT / "results" / "notebook.json").read_text())
     assert record["data_source"] == "cifar10-official" and len(record["history"]) == record["config"]["epochs"] == 24
-    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
 
     def printed(call: str) -> str:
-        (cell,) = [c for c in cells if call in "".join(c["source"])]
-        return "".join(text for _, text in output_texts(cell))
+        return "".join(text for _, text in output_texts(saved_cell(call)))
 
     found = printed("learner.lr_find()")
     assert "not run again" not in found and f"LRMAX {record['lr_max']:.4g}," in found
